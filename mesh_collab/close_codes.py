@@ -1,0 +1,47 @@
+"""WebSocket close codes of mesh_collab, for browser clients and for node-to-node links.
+
+A bad message closes only the connection that sent it, with one of these codes and a short
+reason; the room and everyone else carry on. The labextension reads the same table. The stock
+JupyterLab frontend shows a message for 4400, 4404 and 4500 before the first sync, and a
+reload dialog for 1003 with a JSON reason (``{"reason": "unknown_session", "reloadable":
+true}``).
+
+| code | name | when |
+|---|---|---|
+| 1000 | NORMAL | the server or client ended the connection normally |
+| 1001 | GOING_AWAY | the node shuts down; reconnect later |
+| 1003 | UNKNOWN_SESSION | the client's session belongs to another document lineage: reload |
+| 1009 | MESSAGE_TOO_BIG | a frame over the configured size limit |
+| 4205 | RESET_CONNECTION | an undecodable, truncated or unknown message, or an update |
+|      |                  | that refers to items the document does not have |
+| 4400 | BAD_REQUEST | a malformed room id, or a room of an unsupported kind |
+| 4401 | UNAUTHORIZED | no or bad credentials |
+| 4403 | FORBIDDEN | no read access to the document, or a peer refused |
+| 4404 | NOT_FOUND | no such document |
+| 4415 | UNSUPPORTED_DOCUMENT | the file is not a notebook mesh_collab can open |
+| 4426 | PROTOCOL_VERSION | a peer speaks another federation protocol version |
+| 4429 | TOO_SLOW | the client does not read fast enough; its queue overflowed |
+| 4500 | LOAD_FAILED | the document could not be loaded (storage unavailable, internal error) |
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (see the module docstring for when each is used)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNKNOWN_SESSION = 1003
+    MESSAGE_TOO_BIG = 1009
+    RESET_CONNECTION = 4205
+    BAD_REQUEST = 4400
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    NOT_FOUND = 4404
+    UNSUPPORTED_DOCUMENT = 4415
+    PROTOCOL_VERSION = 4426
+    TOO_SLOW = 4429
+    LOAD_FAILED = 4500

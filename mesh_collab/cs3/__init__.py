@@ -1,0 +1,1 @@
+"""CS3 storage: the async client (this package) and the embedded gateway (``gateway/``)."""

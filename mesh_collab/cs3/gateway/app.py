@@ -1,0 +1,216 @@
+"""``EmbeddedGateway``: a CS3-API gateway that runs anywhere, like SQLite for a database.
+
+One object serves the gRPC ``GatewayAPI`` (``grpc.aio``) and the HTTP side (aiohttp: data
+gateway, OCM API, OCM WebDAV) over files under ``<root>/files`` and metadata in
+``<root>/meta.sqlite``. It reproduces Reva's observable behaviour; ``lock_profile`` picks the
+lock rules of Reva master/EOS (``"eos"``, default) or Reva edge/decomposedfs (``"edge"``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+import anyio
+import grpc
+from aiohttp import web
+from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+
+from .core import Core
+from .db import MetaDB
+from .http import build_app
+from .interceptor import AuthInterceptor
+from .locks import LockProfile, rules_for
+from .namespace import Namespace
+from .ocm import Discovery, OcmStore
+from .servicer import GatewayServicer
+from .shares import ShareStore
+from .storage import Storage
+from .tokens import TokenSigner
+from .users import UserDirectory
+
+_GRACE = 2.0
+
+
+class EmbeddedGateway(anyio.AsyncContextManagerMixin):
+    """A CS3 gateway on loopback, with Reva's semantics.
+
+    Usage::
+
+        async with EmbeddedGateway(root=tmp_path) as gw:
+            channel = grpc.aio.insecure_channel(gw.grpc_address)
+            ...  # Authenticate einstein/relativity, Stat, InitiateFileUpload, ...
+
+    Args:
+        root: folder holding ``files/``, ``versions/``, ``tmp/`` and ``meta.sqlite``.
+        site: the site name; the storage id and space ids derive from it.
+        host: the address both servers bind.
+        port: the gRPC port; 0 picks a free one.
+        data_port: the HTTP port; 0 picks a free one.
+        users: a Reva-style ``users.json``; None for the demo users (einstein/relativity,
+            marie/radioactivity, richard/superfluidity).
+        lock_profile: ``"eos"`` (Reva master) or ``"edge"`` (Reva edge).
+        domain: the OCM domain and default idp; default the HTTP authority (``host:port``).
+        token_lifetime: access token validity in seconds.
+        max_upload_size: largest accepted upload in bytes (413 / RESOURCE_EXHAUSTED above).
+        log: the logger; default ``mesh_collab.cs3.gateway``.
+
+    Raises:
+        ValueError: for a bad lock profile or an empty site (at construction).
+        OSError: when entering, if a port cannot be bound or the root is not writable.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        site: str = "site-a",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_port: int = 0,
+        users: Path | None = None,
+        lock_profile: Literal["eos", "edge"] = "eos",
+        domain: str | None = None,
+        token_lifetime: float = 86400,
+        max_upload_size: int = 512 * 2**20,
+        log: logging.Logger | None = None,
+    ) -> None:
+        rules_for(lock_profile)  # fail early on a bad profile
+        if not site:
+            raise ValueError("site must not be empty")
+        self._root = Path(root)
+        self._site = site
+        self._host = host
+        self._port = port
+        self._data_port = data_port
+        self._users_file = users
+        self._lock_profile: LockProfile = lock_profile
+        self._domain = domain
+        self._token_lifetime = token_lifetime
+        self._max_upload_size = max_upload_size
+        self._log = log or logging.getLogger("mesh_collab.cs3.gateway")
+        self._grpc_port: int | None = None
+        self._http_port: int | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the gRPC server."""
+        return f"{_bracket(self._host)}:{self._require(self._grpc_port)}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP server, e.g. ``http://127.0.0.1:40124``."""
+        return f"http://{_bracket(self._host)}:{self._require(self._http_port)}"
+
+    @property
+    def site(self) -> str:
+        """The site name."""
+        return self._site
+
+    @property
+    def domain(self) -> str:
+        """The OCM domain (default: the HTTP authority)."""
+        return self._domain or self.http_url.removeprefix("http://")
+
+    @property
+    def lock_profile(self) -> LockProfile:
+        """``"eos"`` or ``"edge"``."""
+        return self._lock_profile
+
+    @property
+    def root(self) -> Path:
+        """The root folder."""
+        return self._root
+
+    def _require(self, port: int | None) -> int:
+        if port is None:
+            raise RuntimeError("EmbeddedGateway is not running: use `async with gateway:`")
+        return port
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[EmbeddedGateway]:
+        self._root.mkdir(parents=True, exist_ok=True)
+        # Bind the HTTP socket first: the domain (and the users' idp) derive from its port.
+        sock = _bind(self._host, self._data_port)
+        db: MetaDB | None = None
+        try:
+            self._http_port = sock.getsockname()[1]
+            db = MetaDB(self._root / "meta.sqlite")
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10)
+            ) as session:
+                core = self._core(db, session)
+                # No SO_REUSEPORT: a second gateway on a busy port must fail, not share it.
+                server = grpc.aio.server(
+                    interceptors=[AuthInterceptor(core)], options=[("grpc.so_reuseport", 0)]
+                )
+                gw_grpc.add_GatewayAPIServicer_to_server(GatewayServicer(core), server)
+                address = f"{_bracket(self._host)}:{self._port}"
+                try:
+                    self._grpc_port = server.add_insecure_port(address)
+                except RuntimeError as exc:  # grpc reports bind failures this way
+                    raise OSError(errno.EADDRINUSE, f"cannot bind gRPC to {address}") from exc
+                runner = web.AppRunner(build_app(core), access_log=None)
+                await runner.setup()
+                try:
+                    await server.start()
+                    await web.SockSite(runner, sock).start()
+                    self._log.info(
+                        "gateway started site=%s grpc=%s http=%s profile=%s root=%s",
+                        self._site, self.grpc_address, self.http_url, self._lock_profile,
+                        self._root,
+                    )
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await runner.cleanup()
+                        await server.stop(_GRACE)
+                    self._log.info("gateway stopped site=%s", self._site)
+        finally:
+            self._grpc_port = None
+            self._http_port = None
+            sock.close()
+            if db is not None:
+                db.close()
+
+    def _core(self, db: MetaDB, session: aiohttp.ClientSession) -> Core:
+        domain = self.domain
+        users = UserDirectory.load(self._users_file, idp=domain)
+        namespace = Namespace(self._root / "files", db, site=self._site)
+        shares = ShareStore(db)
+        storage = Storage(
+            root=self._root, db=db, namespace=namespace, rules=rules_for(self._lock_profile),
+            users=users, shares=shares, idp=domain, log=self._log,
+        )
+        tokens = TokenSigner(db.secret("jwt"), db.secret("transfer"),
+                             lifetime=self._token_lifetime)
+        return Core(
+            site=self._site, domain=domain, http_url=self.http_url, users=users,
+            tokens=tokens, ns=namespace, storage=storage, shares=shares, ocm=OcmStore(db),
+            discovery=Discovery(session, self._log), max_upload_size=self._max_upload_size,
+            log=self._log,
+        )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

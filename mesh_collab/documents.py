@@ -1,0 +1,346 @@
+"""NotebookRoom: one open notebook on this node, from load to last checkpoint.
+
+It ties a :class:`~mesh_collab.rooms.Room` to the notebook in CS3:
+
+* **Load**, keeping the lineage: from the node's update log if it has the room (a restart),
+  else from the CRDT state checkpointed beside the notebook, else from the ``.ipynb``
+  (a new lineage). When the file changed since the state was taken, the file is merged in.
+* **Lock**: while open, the room holds the file's Reva lock through a
+  :class:`~mesh_collab.cs3.locks.LockLease` (app ``mesh_collab``, a lock id naming the node
+  and an epoch). A file locked by another application opens read-only, says who holds it,
+  and becomes editable when the lock goes. A lock lost underneath us stops all writing.
+* **Checkpoints** to CS3 under the lock (see :mod:`mesh_collab.checkpoint`), when the last
+  client leaves and at shutdown, each one a CS3 version.
+* **External changes**: the file's etag is polled; a change made behind our back is merged
+  into the live notebook cell by cell, never replayed over it.
+
+The room's state travels to clients as the node's awareness state ``mesh`` (see
+:meth:`Room.set_status`): ``{"lock": "held" | "other" | "lost" | "none", "holder": ...,
+"editable": bool, "checkpoint": <unix time>, "site": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from jupyter_ydoc import YNotebook
+from pycrdt import Doc
+
+from mesh_collab import errors, notebook
+from mesh_collab.checkpoint import Checkpointer
+from mesh_collab.cs3.client import Session
+from mesh_collab.cs3.locks import LockLease
+from mesh_collab.cs3.store import CS3NotebookStore, StoredNotebook, sha256
+from mesh_collab.origins import Origin, StorageOrigin
+from mesh_collab.resources import ResourceId
+from mesh_collab.rooms import Room
+from mesh_collab.updatelog import UpdateLog
+
+APP_NAME = "mesh_collab"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """How a notebook room behaves; every time is in seconds."""
+
+    site: str = "site-a"
+    node_id: str = "node"
+    lock_expiry: float = 60.0
+    quiet_period: float = 2.0
+    max_interval: float = 30.0
+    poll_interval: float = 5.0
+    max_message_size: int = 16 * 2**20
+    max_notebook_size: int = 64 * 2**20
+
+
+class NotebookRoom(anyio.AsyncContextManagerMixin):
+    """One open notebook.
+
+    Usage::
+
+        async with NotebookRoom(rid, session, updatelog=log, settings=settings) as nb:
+            await nb.room.serve(channel, identity, writable=nb.editable and can_write)
+    """
+
+    def __init__(
+        self,
+        resource_id: ResourceId,
+        session: Session,
+        *,
+        updatelog: UpdateLog,
+        settings: RoomSettings,
+        epoch: int = 0,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.resource_id = resource_id
+        self.name = f"json:notebook:{resource_id}"
+        self.updatelog = updatelog
+        self.settings = settings
+        self.log = log or logging.getLogger(__name__)
+        self.store = CS3NotebookStore(resource_id, max_size=settings.max_notebook_size)
+        self.lock_id = f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}"
+        self.lineage = ""
+        self.room: Room = None  # type: ignore[assignment]  # set on entry
+        self._sessions: dict[str, Session] = {}
+        self._opener = session
+        self._writer: Session | None = None
+        self._lease: LockLease | None = None
+        self._known_etag = ""
+        self._known_sha = ""
+        self._base = b""
+        self._lock_state = "none"
+        self._holder = ""
+        self._lease_wanted = anyio.Event()
+        self.checkpointer = Checkpointer(
+            self._checkpoint,
+            quiet_period=settings.quiet_period,
+            max_interval=settings.max_interval,
+            log=self.log,
+        )
+
+    # --- public --------------------------------------------------------------------------
+
+    @property
+    def editable(self) -> bool:
+        """Whether edits are accepted now (we hold the lock, or nobody else does)."""
+        return self._lock_state == "held"
+
+    @property
+    def ynotebook(self) -> YNotebook:
+        """The live notebook (a view on the room's current document)."""
+        return YNotebook(ydoc=self.room.doc)
+
+    def add_writer(self, username: str, session: Session) -> None:
+        """Offer a user's session for writing (a user with write access joined)."""
+        self._sessions[username] = session
+        self._writer = session
+        if self._lock_state in ("none", "lost"):
+            self._lease_wanted.set()
+
+    async def edit(self, fn: Any, origin: Origin) -> Any:
+        """Edit the live notebook in the room (see :meth:`Room.edit`)."""
+        return await self.room.edit(fn, origin)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[NotebookRoom]:
+        doc, pending_merge = await self._load()
+        async with Room(
+            self.name,
+            doc=doc,
+            updatelog=self.updatelog,
+            max_message_size=self.settings.max_message_size,
+            log=self.log,
+        ) as room:
+            self.room = room
+            room.add_listener(lambda updates: self.checkpointer.changed())
+            if pending_merge is not None:
+                await self._merge(pending_merge)
+            self._publish()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.checkpointer.run)
+                tg.start_soon(self._hold_lock)
+                tg.start_soon(self._watch_file)
+                try:
+                    yield self
+                finally:
+                    with anyio.move_on_after(30, shield=True):
+                        await room.flush()
+                        await self.checkpointer.flush()
+                    tg.cancel_scope.cancel()
+
+    async def _load(self) -> tuple[Doc, dict[str, Any] | None]:
+        """Build the document, keeping the lineage; return it and a file to merge in."""
+        session = self._opener
+        logged = await self.updatelog.load(self.name)
+        if logged is not None:
+            info, nb, digest = await self.store.read(session)
+            doc = Doc()
+            for update in logged.updates:
+                doc.apply_update(update)
+            self.lineage = logged.lineage
+            self._base = logged.base or doc.get_update()
+            self.log.info("room loaded from the local log room=%s", self.name)
+        else:
+            stored = await self.store.load(session)
+            info, nb, digest = stored.info, stored.notebook, stored.sha256
+            doc = self._doc_from(stored)
+            self._base = doc.get_update()
+            await self.updatelog.reset(self.name, self.lineage, self._base)
+            await self.updatelog.set_base(self.name, self._base)
+        self._known_etag, self._known_sha = info.etag, digest
+        changed = _content_sha(self._base) != digest
+        return doc, (nb if changed else None)
+
+    def _doc_from(self, stored: StoredNotebook) -> Doc:
+        if stored.state is not None and stored.lineage:
+            doc = Doc()
+            doc.apply_update(stored.state)
+            self.lineage = stored.lineage
+            self.log.info("room loaded from the checkpointed crdt state room=%s", self.name)
+            return doc
+        doc = Doc()
+        notebook.load(YNotebook(ydoc=doc), stored.notebook)
+        self.lineage = uuid.uuid4().hex
+        self.log.info("room loaded from the notebook file (new lineage) room=%s", self.name)
+        return doc
+
+    async def _merge(self, nb: dict[str, Any]) -> None:
+        """Merge a file changed behind our back: a three-way merge done by the CRDT itself.
+
+        The change from the *base* (the document as it was when last written to or read
+        from storage) to the file is computed on a fork of the base, then applied to the
+        live document as a concurrent edit: collaborators' unsaved edits survive, unchanged
+        cells keep their identity, edited cells change granularly.
+        """
+        fork = Doc()
+        fork.apply_update(self._base)
+        changes: list[bytes] = []
+        fork.observe(lambda event: changes.append(event.update))
+        stats = notebook.merge_into(YNotebook(ydoc=fork), nb)
+
+        def apply(doc: Doc) -> None:
+            for update in changes:
+                doc.apply_update(update)
+
+        if changes:
+            await self.room.edit(apply, StorageOrigin("external"))
+        self._base = fork.get_update()
+        await self.updatelog.set_base(self.name, self._base)
+        self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+
+    # --- lock --------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        self.room.set_status(
+            lock=self._lock_state,
+            holder=self._holder,
+            editable=self.editable,
+            checkpoint=self.checkpointer.last_saved,
+            site=self.settings.site,
+        )
+
+    def _set_lock_state(self, state: str, holder: str = "") -> None:
+        self._lock_state, self._holder = state, holder
+        self.checkpointer.set_enabled(state == "held")
+        self.room.accept_edits = state in ("held", "none")
+        self._publish()
+
+    async def _hold_lock(self) -> None:
+        """Hold the Reva lock while the room is open; wait while someone else holds it."""
+        if self._writer is None and self._opener is not None:
+            self._writer = self._opener
+        retry = min(5.0, self.settings.lock_expiry / 3)
+        while True:
+            session = self._writer
+            if session is None:
+                await self._lease_wanted.wait()
+                self._lease_wanted = anyio.Event()
+                continue
+            try:
+                async with session.locks.lease(
+                    self.resource_id,
+                    lock_id=self.lock_id,
+                    app_name=APP_NAME,
+                    expiry=self.settings.lock_expiry,
+                ) as lease:
+                    self._lease = lease
+                    self._set_lock_state("held")
+                    await self._catch_up()
+                    await lease.lost.wait()
+                    self._set_lock_state("lost")
+                    self._lease = None
+            except errors.LockConflict:
+                holder = await self._holder_of(session)
+                if self._lock_state != "other" or holder != self._holder:
+                    self.log.info("file locked by another holder room=%s", self.name)
+                    self._set_lock_state("other", holder)
+            except errors.PermissionDenied:
+                # This user may not lock (a viewer): wait for a user with write access.
+                self._writer = None
+                continue
+            except errors.StorageError as exc:
+                self.log.warning("cannot take the lock room=%s error=%s", self.name, exc)
+            self._lease = None
+            with anyio.move_on_after(retry):
+                await self._lease_wanted.wait()
+            self._lease_wanted = anyio.Event()
+
+    async def _holder_of(self, session: Session) -> str:
+        try:
+            lock = await session.locks.get(self.resource_id)
+        except errors.StorageError:
+            return ""
+        if lock is None:
+            return ""
+        return lock.app_name or (lock.user.opaque_id if lock.user else "") or "unknown"
+
+    async def _catch_up(self) -> None:
+        """After (re)taking the lock: merge what others wrote meanwhile, then save soon."""
+        await self._check_file()
+        if self.checkpointer.dirty:
+            self.checkpointer.changed()
+
+    # --- storage -----------------------------------------------------------------------------
+
+    async def _checkpoint(self) -> None:
+        lease, session = self._lease, self._writer
+        if lease is None or session is None or not lease.held:
+            raise errors.LockConflict("not holding the lock", op="checkpoint", ref=self.name)
+        doc = self.room.doc
+        state = doc.get_update()
+        nb = _notebook_of(state)
+        try:
+            info, digest = await self.store.save(
+                session, nb, state=state, lineage=self.lineage, lock=lease.lock,
+                if_match=self._known_etag,
+            )
+        except errors.LockConflict:
+            raise
+        except errors.Conflict:
+            # Changed behind our back: merge it, and save again at the next turn.
+            await self._check_file()
+            raise
+        self._known_etag, self._known_sha = info.etag, digest
+        self._base = state
+        await self.updatelog.set_base(self.name, state)
+        self._publish()
+
+    async def _watch_file(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.poll_interval)
+            try:
+                await self._check_file()
+            except errors.StorageError as exc:
+                self.log.warning("cannot watch the file room=%s error=%s", self.name, exc)
+
+    async def _check_file(self) -> None:
+        session = self._writer or self._opener
+        info = await self.store.stat(session)
+        if info.etag == self._known_etag:
+            return
+        info, nb, digest = await self.store.read(session)
+        if digest != self._known_sha:
+            await self._merge(nb)
+        self._known_etag, self._known_sha = info.etag, digest
+
+
+def _notebook_of(state: bytes) -> dict[str, Any]:
+    """The notebook a document state holds (read on a copy: reading may write, see
+    :func:`mesh_collab.notebook.to_notebook`)."""
+    doc = Doc()
+    doc.apply_update(state)
+    return notebook.to_notebook(YNotebook(ydoc=doc))
+
+
+def _content_sha(state: bytes) -> str:
+    """sha256 of the file a document state is written as."""
+    return sha256(notebook.to_bytes(_notebook_of(state)))

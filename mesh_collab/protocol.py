@@ -1,0 +1,198 @@
+"""The y-websocket wire protocol: parsing client frames, encoding server frames.
+
+Every frame starts with a message type (varuint): 0 sync, 1 awareness, 3 query-awareness
+(y-protocols). A sync frame carries a sub-type (0 step 1: a state vector; 1 step 2 and 2
+update: a Yjs update) and a length-prefixed payload. An awareness frame carries a
+length-prefixed list of ``(client id, clock, JSON state)``.
+
+Everything here is strict: a truncated frame, trailing bytes, an unknown type or a state that
+is not a JSON object raises :class:`~mesh_collab.errors.ProtocolError`, so that the room can
+close that one connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mesh_collab.errors import ProtocolError
+
+#: Largest varuint we accept (2**53, JavaScript's safe integer range, like lib0).
+_MAX_UINT = 2**53
+#: At most this many awareness entries in one frame.
+MAX_AWARENESS_ENTRIES = 256
+
+
+class Kind(enum.IntEnum):
+    """The kinds of frame mesh_collab understands."""
+
+    SYNC_STEP1 = 0
+    SYNC_STEP2 = 1
+    UPDATE = 2
+    AWARENESS = 10
+    QUERY_AWARENESS = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A parsed frame: its kind and payload (state vector, update or awareness list)."""
+
+    kind: Kind
+    payload: bytes
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def uint(self) -> int:
+        value = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise ProtocolError("truncated varuint")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if value > _MAX_UINT:
+                raise ProtocolError("varuint out of range")
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    def bytes(self) -> bytes:
+        length = self.uint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise ProtocolError("truncated payload")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError("trailing bytes after message")
+
+
+def uint(value: int) -> bytes:
+    """Encode a varuint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _prefixed(data: bytes) -> bytes:
+    return uint(len(data)) + data
+
+
+def parse(message: bytes) -> Frame:
+    """Parse one frame from a client or peer.
+
+    Raises:
+        ProtocolError: the frame is empty, truncated, has trailing bytes or an unknown type.
+    """
+    if not isinstance(message, bytes | bytearray) or not message:
+        raise ProtocolError("empty or non-binary message")
+    reader = _Reader(bytes(message))
+    msg_type = reader.uint()
+    if msg_type == 0:
+        sub = reader.uint()
+        if sub not in (0, 1, 2):
+            raise ProtocolError(f"unknown sync message type {sub}")
+        payload = reader.bytes()
+        reader.end()
+        return Frame(Kind(sub), payload)
+    if msg_type == 1:
+        payload = reader.bytes()
+        reader.end()
+        return Frame(Kind.AWARENESS, payload)
+    if msg_type == 3:
+        return Frame(Kind.QUERY_AWARENESS, b"")
+    raise ProtocolError(f"unknown message type {msg_type}")
+
+
+def sync_step1(state_vector: bytes) -> bytes:
+    """A sync step 1 frame (our state vector: "send me what I miss")."""
+    return b"\x00\x00" + _prefixed(state_vector)
+
+
+def sync_step2(update: bytes) -> bytes:
+    """A sync step 2 frame (the answer to a step 1)."""
+    return b"\x00\x01" + _prefixed(update)
+
+
+def update(update: bytes) -> bytes:
+    """A sync update frame."""
+    return b"\x00\x02" + _prefixed(update)
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    """One client's awareness: its id, clock and state (None: the client left)."""
+
+    client_id: int
+    clock: int
+    state: dict[str, Any] | None
+
+
+def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
+    """Decode the payload of an awareness frame.
+
+    Raises:
+        ProtocolError: truncated, too many entries, or a state that is not a JSON object.
+    """
+    reader = _Reader(payload)
+    count = reader.uint()
+    if count > MAX_AWARENESS_ENTRIES:
+        raise ProtocolError(f"too many awareness entries: {count}")
+    entries = []
+    for _ in range(count):
+        client_id = reader.uint()
+        clock = reader.uint()
+        raw = reader.bytes()
+        try:
+            state = json.loads(raw) if raw else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProtocolError("awareness state is not JSON") from exc
+        if state is not None and not isinstance(state, dict):
+            raise ProtocolError("awareness state is not a JSON object")
+        entries.append(AwarenessEntry(client_id, clock, state))
+    reader.end()
+    return entries
+
+
+def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
+    """An awareness frame carrying ``entries``."""
+    body = bytearray(uint(len(entries)))
+    for entry in entries:
+        state = b"null" if entry.state is None else json.dumps(
+            entry.state, separators=(",", ":")
+        ).encode()
+        body += uint(entry.client_id) + uint(entry.clock) + _prefixed(state)
+    return b"\x01" + _prefixed(bytes(body))
+
+
+def decode_state_vector(sv: bytes) -> dict[int, int]:
+    """Decode a Yjs state vector (client id -> next clock).
+
+    Raises:
+        ProtocolError: the state vector is malformed.
+    """
+    reader = _Reader(sv)
+    count = reader.uint()
+    out = {}
+    for _ in range(count):
+        client = reader.uint()
+        out[client] = reader.uint()
+    reader.end()
+    return out
+
+
+def update_struct_count(update: bytes) -> int:
+    """The number of per-client struct blocks at the start of a Yjs v1 update (0: none)."""
+    return _Reader(update).uint() if update else 0

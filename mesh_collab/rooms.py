@@ -1,0 +1,540 @@
+"""Room: one live CRDT document with its connected clients.
+
+A room owns a pycrdt ``Doc`` and serves any number of channels (browser websockets, peer
+links, in-process tests) with the y-websocket protocol. All of a room's work happens in one
+loop, which takes every message that arrived, applies them, then
+
+1. appends the resulting document updates to the node's durable log and waits for the
+   commit (group commit: one fsync for the whole batch), and only then
+2. relays them to the other clients.
+
+So an update is on disk before anybody else has seen it, and a client that received an update
+can trust that a node crash will not take it back.
+
+Presence (awareness) is handled by the room itself, not by pycrdt's ``Awareness``: each
+client's state is stamped with the identity the node authenticated (name, CS3 user, site,
+role), which a client cannot forge; a newcomer receives every state at once; a leaving
+client's state is removed for everybody at once.
+
+Usage::
+
+    async with Room("json:notebook:<id>", updatelog=log) as room:
+        await room.serve(channel, identity, writable=True)   # until the channel closes
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pycrdt import Doc, get_update
+
+from mesh_collab import protocol
+from mesh_collab.channel import Channel, ChannelClosed
+from mesh_collab.close_codes import CloseCode
+from mesh_collab.errors import LocalStoreError, ProtocolError, RoomClosed
+from mesh_collab.origins import ClientOrigin, Origin
+from mesh_collab.updatelog import UpdateLog
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is behind a connection, as the node authenticated them."""
+
+    username: str
+    display_name: str = ""
+    site: str = ""
+    user_id: str = ""
+    color: str = ""
+
+    def awareness_user(self, *, writable: bool, color: object = None) -> dict[str, Any]:
+        """The ``user`` field the node puts into this client's awareness state."""
+        name = self.display_name or self.username
+        initials = "".join(part[0] for part in name.split()[:2]).upper() or "?"
+        return {
+            "username": self.username,
+            "name": name,
+            "display_name": name,
+            "initials": initials,
+            "color": self.color or (color if isinstance(color, str) else "") or None,
+            "avatar_url": None,
+            "site": self.site,
+            "cs3_user": self.user_id,
+            "role": "editor" if writable else "viewer",
+        }
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client of a room."""
+
+    channel: Channel
+    identity: Identity
+    writable: bool
+    outbox: MemoryObjectSendStream[bytes]
+    id: int = field(default_factory=lambda: next(_ids))
+    awareness_ids: set[int] = field(default_factory=set)
+    close_code: int | None = None
+    close_reason: str = ""
+    refused_updates: int = 0
+    scope: anyio.CancelScope | None = None
+
+    @property
+    def origin(self) -> ClientOrigin:
+        return ClientOrigin(self.id)
+
+    def kill(self, code: int, reason: str) -> None:
+        """Close this connection with ``code`` (callable from the room loop: never waits)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.end()
+
+    def end(self) -> None:
+        """Stop serving this connection; :meth:`Room.serve` then closes its channel."""
+        self.outbox.close()
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    conn: Connection
+    frame: protocol.Frame
+
+
+@dataclass(frozen=True, slots=True)
+class _Join:
+    conn: Connection
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    conn: Connection
+
+
+@dataclass(eq=False)
+class _Edit:
+    fn: Callable[[Doc], Any]
+    origin: Origin
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStats:
+    """Counters of a room, for tests, benchmarks and logs."""
+
+    clients: int
+    updates: int
+    batches: int
+
+
+class Room(anyio.AsyncContextManagerMixin):
+    """One live document and its clients.
+
+    Args:
+        name: the room name, e.g. ``"json:notebook:<resource id>"``.
+        doc: the document to serve (loaded by the caller); a new empty one if None.
+        updatelog: the node's durable log; None keeps updates in memory only (awareness-only
+            rooms, tests).
+        max_message_size: frames larger than this close their connection (bytes).
+        outbox_size: messages queued for one client before it counts as too slow.
+        log: the logger.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        doc: Doc | None = None,
+        updatelog: UpdateLog | None = None,
+        max_message_size: int = 16 * 2**20,
+        outbox_size: int = 4096,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.updatelog = updatelog
+        self.max_message_size = max_message_size
+        self.outbox_size = outbox_size
+        self.log = log or logging.getLogger(__name__)
+        self._doc = doc if doc is not None else Doc()
+        self._subscription = self._doc.observe(self._on_transaction)
+        self._connections: dict[int, Connection] = {}
+        # Awareness: client id -> (clock, state); owner: client id -> connection id.
+        self._awareness: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._owner: dict[int, int] = {}
+        self._status: dict[str, Any] = {}
+        self._status_clock = 0
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[Any](1024)
+        self._origin: Origin | None = None
+        self._pending_updates: list[tuple[bytes, Origin | None]] = []
+        self._outgoing: list[tuple[Connection | None, bytes, Connection | None]] = []
+        self._tainted = False
+        self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
+        self.closing = False
+        #: Whether document updates from clients are applied at all (False while another
+        #: application holds the file's lock). Refused updates are dropped, not queued: the
+        #: client sends them again when it resyncs.
+        self.accept_edits = True
+        self._updates = 0
+        self._batches = 0
+        self.empty = anyio.Event()
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def doc(self) -> Doc:
+        """The live document. It may be replaced (after a bad update was purged): read it
+        from the room each time rather than keeping it."""
+        return self._doc
+
+    @property
+    def clients(self) -> list[Connection]:
+        """The connected clients."""
+        return list(self._connections.values())
+
+    @property
+    def stats(self) -> RoomStats:
+        return RoomStats(len(self._connections), self._updates, self._batches)
+
+    def add_listener(
+        self, fn: Callable[[list[tuple[bytes, Origin | None]]], None]
+    ) -> Callable[[], None]:
+        """Call ``fn(updates)`` after every batch of durable changes; returns an unsubscriber.
+
+        ``updates`` is a list of ``(update, origin)``. The listener runs in the room loop:
+        it must be quick and must not await.
+        """
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
+    def set_status(self, **fields: Any) -> None:
+        """Publish room state (lock, primary, read-only, last checkpoint) to every client.
+
+        It travels as the node's own awareness state under the key ``"mesh"``; the stock
+        JupyterLab frontend ignores states without a ``user``, mesh_collab's shows them.
+        """
+        self._status.update(fields)
+        self._status_clock += 1
+        self._broadcast(None, self._status_frame())
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the loop run a batch soon (to flush messages queued outside it)."""
+        try:
+            self._inbox_send.send_nowait(_Edit(lambda doc: None, origin=None))  # type: ignore[arg-type]
+        except anyio.WouldBlock:
+            pass  # a full inbox runs a batch anyway
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the room is closed: nobody to tell
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self._status)
+
+    async def edit(self, fn: Callable[[Doc], Any], origin: Origin) -> Any:
+        """Run ``fn(doc)`` in one transaction in the room loop; its changes are logged and
+        relayed like a client's. Returns what ``fn`` returned.
+
+        Raises:
+            RoomClosed: the room is closing.
+            Exception: whatever ``fn`` raised (the transaction is still committed).
+        """
+        if self.closing:
+            raise RoomClosed(self.name)
+        edit = _Edit(fn, origin)
+        await self._inbox_send.send(edit)
+        await edit.done.wait()
+        if edit.error is not None:
+            raise edit.error
+        return edit.result
+
+    async def serve(self, channel: Channel, identity: Identity, *, writable: bool = True) -> None:
+        """Serve one client until its channel closes (or the room closes it).
+
+        A viewer (``writable=False``) receives everything but its document updates are
+        dropped: they never reach the document, the log, storage or anyone else.
+        """
+        if self.closing:
+            await channel.close(CloseCode.GOING_AWAY, "room closing")
+            return
+        outbox_send, outbox = anyio.create_memory_object_stream[bytes](self.outbox_size)
+        conn = Connection(channel, identity, writable, outbox_send)
+        try:
+            async with anyio.create_task_group() as tg:
+                conn.scope = tg.cancel_scope
+                await self._inbox_send.send(_Join(conn))
+                tg.start_soon(self._write, conn, outbox)
+                tg.start_soon(self._read, conn)
+        finally:
+            conn.outbox.close()
+            with anyio.move_on_after(5, shield=True):
+                try:
+                    await self._inbox_send.send(_Leave(conn))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # the room loop is gone: there is nobody left to tell
+                await channel.close(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+
+    async def _write(self, conn: Connection, outbox: MemoryObjectReceiveStream[bytes]) -> None:
+        async with outbox:
+            try:
+                async for message in outbox:
+                    await conn.channel.send(message)
+            except ChannelClosed:
+                pass  # the client went away; the connection ends below
+        conn.end()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Room]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop)
+            try:
+                yield self
+            finally:
+                self.closing = True
+                for conn in list(self._connections.values()):
+                    conn.kill(CloseCode.GOING_AWAY, "room closed")
+                with anyio.move_on_after(5, shield=True):
+                    await self.flush()
+                tg.cancel_scope.cancel()
+        self._doc.unobserve(self._subscription)
+
+    async def flush(self) -> None:
+        """Wait until every message queued so far is processed, durable and relayed."""
+        barrier = _Edit(lambda doc: None, origin=None)  # type: ignore[arg-type]
+        await self._inbox_send.send(barrier)
+        await barrier.done.wait()
+
+    async def _read(self, conn: Connection) -> None:
+        try:
+            await self._read_frames(conn)
+        finally:
+            conn.end()
+
+    async def _read_frames(self, conn: Connection) -> None:
+        try:
+            while conn.close_code is None:
+                message = await conn.channel.recv()
+                if len(message) > self.max_message_size:
+                    conn.kill(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    return
+                try:
+                    frame = protocol.parse(message)
+                except ProtocolError as exc:
+                    self.log.info("closing client room=%s reason=%s", self.name, exc)
+                    conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
+                    return
+                await self._inbox_send.send(_Msg(conn, frame))
+        except ChannelClosed:
+            return
+
+    async def _loop(self) -> None:
+        async with self._inbox:
+            while True:
+                first = await self._inbox.receive()
+                batch = [first]
+                while len(batch) < 512:
+                    try:
+                        batch.append(self._inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                edits = [item for item in batch if isinstance(item, _Edit)]
+                for item in batch:
+                    self._handle(item)
+                await self._commit()
+                for edit in edits:
+                    edit.done.set()
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, _Msg):
+            if item.conn.id in self._connections:
+                try:
+                    self._handle_frame(item.conn, item.frame)
+                except ProtocolError as exc:
+                    self.log.info("closing client room=%s reason=%s", self.name, exc)
+                    item.conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
+        elif isinstance(item, _Join):
+            self._join(item.conn)
+        elif isinstance(item, _Leave):
+            self._leave(item.conn)
+        elif isinstance(item, _Edit):
+            if item.origin is None:
+                return  # a barrier
+            self._origin = item.origin
+            try:
+                with self._doc.transaction(origin=item.origin):
+                    item.result = item.fn(self._doc)
+            except Exception as exc:  # handed back to the caller of edit()
+                item.error = exc
+            finally:
+                self._origin = None
+
+    async def _commit(self) -> None:
+        updates, self._pending_updates = self._pending_updates, []
+        if self._tainted:
+            self._purge()
+        if updates and self.updatelog is not None:
+            try:
+                await self.updatelog.append(self.name, [u for u, _ in updates])
+            except LocalStoreError:
+                # The document and checkpoints still hold the updates; say it loudly.
+                self.log.error("update log failed room=%s updates=%d", self.name, len(updates))
+        self._batches += 1
+        self._updates += len(updates)
+        outgoing, self._outgoing = self._outgoing, []
+        for target, message, exclude in outgoing:
+            targets = [target] if target is not None else list(self._connections.values())
+            for conn in targets:
+                if conn is exclude or conn.close_code is not None:
+                    continue
+                try:
+                    conn.outbox.send_nowait(message)
+                except anyio.WouldBlock:
+                    conn.kill(CloseCode.TOO_SLOW, "client too slow")
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    pass  # the connection is ending
+        if updates:
+            for listener in list(self._listeners):
+                listener(updates)
+
+    # --- document sync ---------------------------------------------------------------------
+
+    def _on_transaction(self, event: Any) -> None:
+        update = event.update
+        if len(update) <= 2:  # b"\x00\x00": nothing changed
+            return
+        origin = self._origin
+        self._pending_updates.append((update, origin))
+        exclude = None
+        if isinstance(origin, ClientOrigin):
+            exclude = self._connections.get(origin.connection)
+        self._broadcast(exclude, protocol.update(update))
+
+    def _broadcast(self, exclude: Connection | None, message: bytes) -> None:
+        self._outgoing.append((None, message, exclude))
+
+    def _send(self, conn: Connection, message: bytes) -> None:
+        self._outgoing.append((conn, message, None))
+
+    def _handle_frame(self, conn: Connection, frame: protocol.Frame) -> None:
+        kind = frame.kind
+        if kind is protocol.Kind.SYNC_STEP1:
+            try:
+                missing = self._doc.get_update(frame.payload)
+            except ValueError as exc:
+                raise ProtocolError("bad state vector") from exc
+            self._send(conn, protocol.sync_step2(missing))
+        elif kind in (protocol.Kind.SYNC_STEP2, protocol.Kind.UPDATE):
+            if not (conn.writable and self.accept_edits):
+                conn.refused_updates += 1
+                return
+            self._apply(conn, frame.payload)
+        elif kind is protocol.Kind.AWARENESS:
+            self._awareness_update(conn, protocol.decode_awareness(frame.payload))
+        elif kind is protocol.Kind.QUERY_AWARENESS:
+            self._send(conn, self._all_awareness())
+
+    def _apply(self, conn: Connection, update: bytes) -> None:
+        self._origin = conn.origin
+        try:
+            with self._doc.transaction(origin=conn.origin):
+                self._doc.apply_update(update)
+        except ValueError as exc:
+            raise ProtocolError("undecodable update") from exc
+        finally:
+            self._origin = None
+        # Structs whose dependencies the document lacks stay pending inside it, and would
+        # surface later; refuse them and purge them from the document.
+        left = get_update(update, self._doc.get_state())
+        if protocol.update_struct_count(left) > 0:
+            self._tainted = True
+            raise ProtocolError("update refers to unknown items")
+
+    def _purge(self) -> None:
+        """Replace the document by a copy without pending structs."""
+        self._tainted = False
+        clean = Doc()
+        clean.apply_update(self._doc.get_update())
+        self._doc.unobserve(self._subscription)
+        self._doc = clean
+        self._subscription = clean.observe(self._on_transaction)
+        self.log.warning("purged unknown items from room=%s", self.name)
+
+    # --- presence --------------------------------------------------------------------------
+
+    def _status_entries(self) -> list[protocol.AwarenessEntry]:
+        state = {"mesh": self._status}
+        return [protocol.AwarenessEntry(self._doc.client_id, self._status_clock, state)]
+
+    def _status_frame(self) -> bytes:
+        return protocol.encode_awareness(self._status_entries())
+
+    def _all_awareness(self) -> bytes:
+        entries = [
+            protocol.AwarenessEntry(cid, clock, state)
+            for cid, (clock, state) in self._awareness.items()
+        ]
+        return protocol.encode_awareness(entries) if not self._status else (
+            protocol.encode_awareness([*entries, *self._status_entries()])
+        )
+
+    def _join(self, conn: Connection) -> None:
+        if self.closing:
+            conn.kill(CloseCode.GOING_AWAY, "room closing")
+            return
+        self._connections[conn.id] = conn
+        # Ask for what the client has and we lack (its offline edits), and give it every
+        # collaborator's presence at once rather than at their next heartbeat.
+        self._send(conn, protocol.sync_step1(self._doc.get_state()))
+        self._send(conn, self._all_awareness())
+        self.empty = anyio.Event()
+
+    def _leave(self, conn: Connection) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        gone = []
+        for cid in conn.awareness_ids:
+            if self._owner.get(cid) == conn.id:
+                clock, _ = self._awareness.pop(cid, (0, {}))
+                del self._owner[cid]
+                gone.append(protocol.AwarenessEntry(cid, clock + 1, None))
+        if gone:
+            self._broadcast(conn, protocol.encode_awareness(gone))
+        if not self._connections:
+            self.empty.set()
+
+    def _awareness_update(self, conn: Connection, entries: list[protocol.AwarenessEntry]) -> None:
+        accepted = []
+        for entry in entries:
+            owner = self._owner.get(entry.client_id)
+            if entry.client_id == self._doc.client_id or (owner is not None and owner != conn.id):
+                continue  # nobody speaks for the node or for another connection's client
+            if entry.state is None:
+                if entry.client_id in self._awareness:
+                    del self._awareness[entry.client_id]
+                    del self._owner[entry.client_id]
+                    conn.awareness_ids.discard(entry.client_id)
+                    accepted.append(entry)
+                continue
+            state = dict(entry.state)
+            claimed = state.get("user")
+            color = claimed.get("color") if isinstance(claimed, dict) else None
+            state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)
+            self._awareness[entry.client_id] = (entry.clock, state)
+            self._owner[entry.client_id] = conn.id
+            conn.awareness_ids.add(entry.client_id)
+            accepted.append(protocol.AwarenessEntry(entry.client_id, entry.clock, state))
+        if accepted:
+            self._broadcast(conn, protocol.encode_awareness(accepted))
+

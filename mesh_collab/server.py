@@ -1,0 +1,214 @@
+"""CollabServer: the rooms of one node.
+
+It opens a notebook room on first use (one load per resource, however many clients ask at
+once), serves clients into it, and closes it ``cleanup_delay`` seconds after its last client
+left, after a final checkpoint. It also serves awareness-only rooms (JupyterLab's global
+awareness), which keep nothing.
+
+Usage::
+
+    async with UpdateLog(path) as log, CollabServer(updatelog=log, settings=settings) as server:
+        await server.serve_notebook(rid, session, channel, identity, writable=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from mesh_collab.channel import Channel
+from mesh_collab.cs3.client import Session
+from mesh_collab.documents import NotebookRoom, RoomSettings
+from mesh_collab.errors import RoomClosed
+from mesh_collab.resources import ResourceId
+from mesh_collab.rooms import Identity, Room
+from mesh_collab.updatelog import UpdateLog
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.room: NotebookRoom | None = None
+        self.error: BaseException | None = None
+        self.users = 0
+        self.activity = anyio.Event()
+        self.stop = anyio.Event()
+
+
+class CollabServer(anyio.AsyncContextManagerMixin):
+    """The rooms of one node.
+
+    Args:
+        updatelog: the node's durable update log.
+        settings: how notebook rooms behave.
+        cleanup_delay: seconds a room stays open after its last client left.
+    """
+
+    def __init__(
+        self,
+        *,
+        updatelog: UpdateLog,
+        settings: RoomSettings,
+        cleanup_delay: float = 60.0,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.updatelog = updatelog
+        self.settings = settings
+        self.cleanup_delay = cleanup_delay
+        self.log = log or logging.getLogger(__name__)
+        self.epoch = int(time.time())
+        self._rooms: dict[ResourceId, _Entry] = {}
+        self._awareness_rooms: dict[str, Room] = {}
+        self._tg: TaskGroup | None = None
+        self.started = anyio.Event()
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[CollabServer]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.started.set()
+            try:
+                yield self
+            finally:
+                # Close every room: each does its final checkpoint and releases its lock.
+                for entry in list(self._rooms.values()):
+                    entry.stop.set()
+                for room in list(self._awareness_rooms.values()):
+                    room.closing = True
+                self._tg = None
+
+    @property
+    def rooms(self) -> dict[ResourceId, NotebookRoom]:
+        """The open notebook rooms."""
+        return {rid: e.room for rid, e in self._rooms.items() if e.room is not None}
+
+    async def open(self, resource_id: ResourceId, session: Session) -> NotebookRoom:
+        """Return the room of a notebook, opening it with ``session`` if needed.
+
+        Raises:
+            ValueError: the file is not a notebook.
+            StorageError: it cannot be read.
+            RoomClosed: the server is stopping.
+        """
+        entry = self._rooms.get(resource_id)
+        if entry is None:
+            if self._tg is None:
+                raise RoomClosed("the server is not running")
+            entry = self._rooms[resource_id] = _Entry()
+            try:
+                await self._tg.start(self._run_room, resource_id, session, entry)
+            except BaseException as exc:
+                entry.error = exc
+                entry.ready.set()
+                self._rooms.pop(resource_id, None)
+                raise
+        await entry.ready.wait()
+        if entry.room is None:
+            raise entry.error or RoomClosed(str(resource_id))
+        return entry.room
+
+    async def serve_notebook(
+        self,
+        resource_id: ResourceId,
+        session: Session,
+        channel: Channel,
+        identity: Identity,
+        *,
+        writable: bool,
+    ) -> None:
+        """Serve one client in a notebook's room until its channel closes."""
+        nb = await self.open(resource_id, session)
+        entry = self._rooms[resource_id]
+        entry.users += 1
+        entry.activity.set()
+        if writable:
+            nb.add_writer(identity.username, session)
+        try:
+            await nb.room.serve(channel, identity, writable=writable)
+        finally:
+            entry.users -= 1
+            entry.activity.set()
+
+    async def serve_awareness(self, name: str, channel: Channel, identity: Identity) -> None:
+        """Serve a client in an awareness-only room (nothing is stored)."""
+        room = self._awareness_rooms.get(name)
+        if room is None:
+            if self._tg is None:
+                raise RoomClosed("the server is not running")
+            room = await self._tg.start(self._run_awareness_room, name)
+        await room.serve(channel, identity, writable=True)
+
+    async def _run_awareness_room(self, name: str, *, task_status: TaskStatus[Room]) -> None:
+        async with Room(name, log=self.log) as room:
+            self._awareness_rooms[name] = room
+            task_status.started(room)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._awareness_rooms.pop(name, None)
+
+    async def _run_room(
+        self,
+        resource_id: ResourceId,
+        session: Session,
+        entry: _Entry,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        started = False
+        try:
+            async with NotebookRoom(
+                resource_id,
+                session,
+                updatelog=self.updatelog,
+                settings=self.settings,
+                epoch=self.epoch,
+                log=self.log,
+            ) as nb:
+                entry.room = nb
+                entry.ready.set()
+                task_status.started()
+                started = True
+                await self._until_idle(entry)
+        except Exception:
+            if not started:
+                raise
+            # The per-room boundary: a failing room must not take the node down.
+            self.log.exception("room failed room=%s", resource_id)
+        finally:
+            entry.room = None
+            if self._rooms.get(resource_id) is entry:
+                del self._rooms[resource_id]
+            self.log.info("room closed room=%s", resource_id)
+
+    async def _until_idle(self, entry: _Entry) -> None:
+        while not entry.stop.is_set():
+            if entry.users > 0:
+                entry.activity = anyio.Event()
+                await _first(entry.activity, entry.stop)
+                continue
+            # Nobody left: save now, and close unless someone comes back soon.
+            assert entry.room is not None
+            await entry.room.checkpointer.flush()
+            entry.activity = anyio.Event()
+            with anyio.move_on_after(self.cleanup_delay):
+                await _first(entry.activity, entry.stop)
+                continue
+            return
+
+
+async def _first(*events: anyio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+        for event in events:
+
+            async def wait(e: anyio.Event = event) -> None:
+                await e.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait)

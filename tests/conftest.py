@@ -1,0 +1,1 @@
+pytest_plugins = ["mesh_collab.pytest_plugin"]

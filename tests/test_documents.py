@@ -1,0 +1,312 @@
+"""Notebook rooms against the embedded CS3 gateway: checkpoints, locks, external changes,
+restarts. Clients are pycrdt Docs synced by pycrdt's own Provider."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from jupyter_ydoc import YNotebook
+from pycrdt import Doc, Provider
+
+from mesh_collab import notebook
+from mesh_collab.channel import memory_channel_pair
+from mesh_collab.cs3.client import Session
+from mesh_collab.cs3.models import Lock, Role
+from mesh_collab.cs3.store import META_LINEAGE
+from mesh_collab.documents import RoomSettings
+from mesh_collab.rooms import Identity
+from mesh_collab.server import CollabServer
+from mesh_collab.updatelog import UpdateLog
+
+DATA = Path("/work/shared/data/notebooks")
+EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a")
+MARIE = Identity("marie", "Marie Curie", site="site-a")
+FAST = RoomSettings(
+    site="site-a", node_id="n1", lock_expiry=3, quiet_period=0.2, max_interval=1.0,
+    poll_interval=0.3,
+)
+
+
+def data_notebook(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+async def until(predicate: Callable[[], Any], *docs: Doc) -> None:
+    changed = anyio.Event()
+
+    def poke(_event: object) -> None:
+        changed.set()
+
+    subs = [(d, d.observe(poke)) for d in docs]
+    try:
+        with anyio.fail_after(10):
+            while not predicate():
+                await changed.wait()
+                changed = anyio.Event()
+    finally:
+        for d, s in subs:
+            d.unobserve(s)
+
+
+async def eventually(check: Callable[[], Any], *, every: float = 0.05) -> Any:
+    """Poll storage (which has no change events) until ``check()`` is truthy."""
+    with anyio.fail_after(10):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await anyio.sleep(every)
+
+
+def append(ycell: Any, text: str) -> None:
+    """Type ``text`` at the end of a cell (in place: assigning to the key would replace it)."""
+    source = ycell["source"]
+    source += text
+
+
+class Client:
+    def __init__(self) -> None:
+        self.doc = Doc()
+        self.nb = YNotebook(ydoc=self.doc)
+
+    def source(self, index: int) -> str:
+        return str(self.nb.ycells[index]["source"])
+
+
+@asynccontextmanager
+async def node(tmp_path: Path, settings: RoomSettings = FAST) -> AsyncIterator[CollabServer]:
+    async with UpdateLog(tmp_path / "node" / "updates.sqlite") as log:
+        async with CollabServer(updatelog=log, settings=settings, cleanup_delay=0.5) as server:
+            yield server
+
+
+@asynccontextmanager
+async def client(
+    server: CollabServer, tg: Any, rid: Any, session: Session, who: Identity, *,
+    writable: bool = True, doc: Doc | None = None,
+) -> AsyncIterator[Client]:
+    server_end, client_end = memory_channel_pair(who.username)
+    tg.start_soon(partial(server.serve_notebook, rid, session, server_end, who, writable=writable))
+    c = Client()
+    if doc is not None:
+        c.doc, c.nb = doc, YNotebook(ydoc=doc)
+    async with Provider(c.doc, client_end) as provider:
+        with anyio.fail_after(10):
+            await provider.synced.wait()
+        yield c
+    await client_end.close()
+
+
+async def put_notebook(session: Session, name: str, content: bytes) -> Any:
+    return await session.files.write(f"/home/einstein/{name}", content)
+
+
+@pytest.fixture
+async def cs3(gateway_factory, cs3_client_factory):
+    gw = await gateway_factory()
+    return await cs3_client_factory(gw.grpc_address)
+
+
+@pytest.fixture
+async def einstein(cs3) -> Session:
+    return await cs3.login("einstein", "relativity")
+
+
+@pytest.fixture
+async def marie(cs3) -> Session:
+    return await cs3.login("marie", "radioactivity")
+
+
+async def test_two_editors_and_checkpoint_under_continuous_typing(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "run.ipynb", data_notebook("Running_Code.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a, client(
+            server, tg, info.id, einstein, MARIE
+        ) as b:
+            assert len(a.nb.ycells) == 28
+            start = time.monotonic()
+            # Type without pause for longer than max_interval: a checkpoint must still happen.
+            written = None
+            while time.monotonic() - start < 3 and written is None:
+                append(a.nb.ycells[0], "x")
+                await anyio.sleep(0.05)  # a typist's pace, not synchronisation
+                versions = await einstein.versions.list(info.id)
+                if versions:
+                    written = versions
+            assert written, "no checkpoint while typing continuously"
+            await until(lambda: b.source(0) == a.source(0), b.doc)
+            append(b.nb.ycells[1], " from marie")
+            await until(lambda: a.source(1).endswith(" from marie"), a.doc)
+        # Last client left: a final checkpoint with everything.
+        async def saved() -> bool:
+            nb = notebook.from_bytes(await einstein.files.read(info.id))
+            src = nb["cells"][1]["source"]
+            return src.endswith(" from marie")
+        await eventually(saved)
+        nb = notebook.from_bytes(await einstein.files.read(info.id))
+        assert len(nb["cells"]) == 28  # a valid notebook, nothing duplicated
+        stat = await einstein.files.stat(info.id)
+        assert stat.metadata[META_LINEAGE]
+        tg.cancel_scope.cancel()
+
+
+async def test_room_holds_the_lock_while_open_and_releases_it(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "l.ipynb", data_notebook("notebook3.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN):
+            lock = await eventually(lambda: einstein.locks.get(info.id))
+            assert lock.app_name == "mesh_collab" and "site-a" in lock.lock_id
+        await eventually(lambda: _unlocked(einstein, info.id))
+        tg.cancel_scope.cancel()
+
+
+async def _unlocked(session: Session, rid: Any) -> bool:
+    return await session.locks.get(rid) is None
+
+
+async def test_foreign_lock_opens_read_only_then_editable(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "f.ipynb", data_notebook("notebook3.ipynb"))
+    office = Lock(lock_id="office-1", app_name="office", expiration=float(int(time.time() + 60)))
+    await einstein.locks.set(info.id, office)
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            await eventually(lambda: _is(nb_room, "other"))
+            assert nb_room.room.status["holder"] == "office"
+            before = await einstein.files.read(info.id)
+            append(a.nb.ycells[0], "# refused while locked")
+            await nb_room.room.flush()
+            assert "refused" not in str(nb_room.ynotebook.ycells[0]["source"])
+            await einstein.locks.unlock(info.id, office)
+            await eventually(lambda: _is(nb_room, "held"))
+            assert await einstein.files.read(info.id) == before  # never overwrote office's file
+        tg.cancel_scope.cancel()
+
+
+async def _is(nb_room: Any, state: str) -> bool:
+    return nb_room.room.status.get("lock") == state
+
+
+async def test_lost_lock_stops_all_writing(tmp_path: Path, einstein: Session) -> None:
+    info = await put_notebook(einstein, "lost.ipynb", data_notebook("notebook3.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            await eventually(lambda: _is(nb_room, "held"))
+            ours = await einstein.locks.get(info.id)
+            # Another application steals the lock.
+            await einstein.locks.unlock(info.id, ours)
+            thief = Lock("thief", app_name="office", expiration=float(int(time.time() + 60)))
+            await einstein.locks.set(info.id, thief)
+            await eventually(lambda: _not_held(nb_room))
+            stolen_content = await einstein.files.read(info.id)
+            append(a.nb.ycells[0], "# after the theft")
+            await anyio.sleep(FAST.max_interval + 0.5)  # a checkpoint would be due by now
+            assert await einstein.files.read(info.id) == stolen_content
+            assert not nb_room.checkpointer.enabled
+        tg.cancel_scope.cancel()
+
+
+async def _not_held(nb_room: Any) -> bool:
+    return nb_room.room.status.get("lock") in ("lost", "other")
+
+
+async def test_external_change_is_merged_with_concurrent_edits(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "ext.ipynb", data_notebook("Running_Code.ipynb"))
+    settings = RoomSettings(site="site-a", node_id="n1", lock_expiry=3, quiet_period=30,
+                            max_interval=60, poll_interval=0.2)
+    async with node(tmp_path, settings) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            await eventually(lambda: _is(nb_room, "held"))
+            cell3 = a.nb.ycells[3]
+            append(a.nb.ycells[5], "\n# unsaved live edit")
+            await nb_room.room.flush()
+            # Someone writes the file behind our back (e.g. a sync client), with our lock id
+            # unknown to them: use the room's own lock to get past it, as a co-owner tool would.
+            disk = json.loads(data_notebook("Running_Code.ipynb"))
+            disk["cells"][2]["source"] = "EXTERNAL " + "".join(disk["cells"][2]["source"])
+            lock = nb_room._lease.lock
+            await einstein.files.write(info.id, notebook.to_bytes(disk), lock=lock)
+            await until(lambda: a.source(2).startswith("EXTERNAL "), a.doc)
+            assert a.source(5).endswith("# unsaved live edit")  # survived the merge
+            assert a.nb.ycells[3] is not None and str(cell3["source"]) == a.source(3)
+            assert len(a.nb.ycells) == 28
+        tg.cancel_scope.cancel()
+
+
+async def test_viewer_share_is_read_only(tmp_path: Path, einstein: Session, marie: Session) -> None:
+    info = await put_notebook(einstein, "v.ipynb", data_notebook("notebook3.ipynb"))
+    assert marie.user is not None
+    await einstein.shares.create(info.id, marie.user.id, Role.VIEWER)
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a, client(
+            server, tg, info.id, marie, MARIE, writable=False
+        ) as m:
+            append(a.nb.ycells[0], "# by einstein")
+            await until(lambda: m.source(0).endswith("# by einstein"), m.doc)
+            append(m.nb.ycells[0], "# by marie")
+            append(a.nb.ycells[1], "# again")
+            await until(lambda: m.source(1).endswith("# again"), m.doc)
+            assert "# by marie" not in a.source(0)
+        tg.cancel_scope.cancel()
+
+
+async def test_restart_keeps_the_lineage_and_merges_offline_edits(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "r.ipynb", data_notebook("Running_Code.ipynb"))
+    keep = Doc()
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            append(a.nb.ycells[0], " before restart")
+            await server.rooms[info.id].room.flush()
+        tg.cancel_scope.cancel()
+    # Offline edit while the node is down.
+    append(YNotebook(ydoc=keep).ycells[1], " offline")
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            nb_room = server.rooms[info.id]
+            await until(lambda: str(nb_room.ynotebook.ycells[1]["source"]).endswith(" offline"),
+                        nb_room.room.doc)
+            cells = notebook.to_notebook(nb_room.ynotebook)["cells"]
+            assert len(cells) == 28  # no duplicated cells
+            assert cells[0]["source"].count(" before restart") == 1
+            assert a.source(0).count(" before restart") == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_recovery_from_the_crdt_state_in_cs3(tmp_path: Path, einstein: Session) -> None:
+    """Another node, with no local log, recovers the same lineage from CS3."""
+    info = await put_notebook(einstein, "c.ipynb", data_notebook("Running_Code.ipynb"))
+    keep = Doc()
+    async with node(tmp_path / "one") as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            append(a.nb.ycells[0], " saved")
+        tg.cancel_scope.cancel()
+    append(YNotebook(ydoc=keep).ycells[2], " offline")
+    async with node(tmp_path / "two") as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep):
+            nb_room = server.rooms[info.id]
+            await until(lambda: str(nb_room.ynotebook.ycells[2]["source"]).endswith(" offline"),
+                        nb_room.room.doc)
+            cells = notebook.to_notebook(nb_room.ynotebook)["cells"]
+            assert len(cells) == 28
+            assert cells[0]["source"].count(" saved") == 1
+        tg.cancel_scope.cancel()

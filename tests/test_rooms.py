@@ -1,0 +1,265 @@
+"""Room: sync between real protocol peers (pycrdt's Provider), presence, rights, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from pycrdt import Doc, Provider, Text
+
+from mesh_collab import protocol
+from mesh_collab.channel import MemoryChannel, memory_channel_pair
+from mesh_collab.close_codes import CloseCode
+from mesh_collab.rooms import Identity, Room
+from mesh_collab.updatelog import UpdateLog
+
+EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")
+MARIE = Identity("marie", "Marie Curie", site="site-a", user_id="site-a/marie")
+
+
+async def until(predicate: Callable[[], bool], *docs: Doc) -> None:
+    """Wait until ``predicate()`` holds, re-checking whenever one of ``docs`` changes."""
+    changed = anyio.Event()
+
+    def poke(_event: object) -> None:
+        changed.set()
+
+    subs = [(d, d.observe(poke)) for d in docs]
+    try:
+        with anyio.fail_after(5):
+            while not predicate():
+                await changed.wait()
+                changed = anyio.Event()
+    finally:
+        for d, s in subs:
+            d.unobserve(s)
+
+
+class Peer:
+    """A client of a room: a pycrdt Doc synced by pycrdt's own Provider over a channel."""
+
+    def __init__(self, channel: MemoryChannel) -> None:
+        self.channel = channel
+        self.doc = Doc()
+        self.text = self.doc.get("source", type=Text)
+
+
+@asynccontextmanager
+async def room_with_log(tmp_path: Path) -> AsyncIterator[tuple[Room, UpdateLog]]:
+    async with UpdateLog(tmp_path / "updates.sqlite") as log:
+        async with Room("room-1", updatelog=log) as room:
+            yield room, log
+
+
+@asynccontextmanager
+async def peer(
+    room: Room, tg: anyio.abc.TaskGroup, identity: Identity, *, writable: bool = True
+) -> AsyncIterator[Peer]:
+    server_end, client_end = memory_channel_pair(identity.username)
+    tg.start_soon(partial(room.serve, server_end, identity, writable=writable))
+    p = Peer(client_end)
+    async with Provider(p.doc, client_end) as provider:
+        with anyio.fail_after(5):
+            await provider.synced.wait()
+        yield p
+    await client_end.close()
+
+
+async def test_two_editors_converge(tmp_path: Path) -> None:
+    async with room_with_log(tmp_path) as (room, _), anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
+            a.text += "hello"
+            await until(lambda: str(b.text) == "hello", b.doc)
+            b.text.insert(0, "> ")
+            a.text += " world"
+            await until(lambda: str(a.text) == str(b.text) == "> hello world", a.doc, b.doc)
+            assert str(room.doc.get("source", type=Text)) == "> hello world"
+
+
+async def test_an_update_is_in_the_log_before_anyone_sees_it(tmp_path: Path) -> None:
+    async with room_with_log(tmp_path) as (room, log), anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
+            a.text += "durable"
+            await until(lambda: str(b.text) == "durable", b.doc)
+            stored = await log.load("room-1")
+            # The log holds no lineage row until a checkpoint starts one, but the rows are there.
+            replay = Doc()
+            rows = await log._run(  # the raw rows: what a restart would replay
+                lambda: log.db.execute("SELECT data FROM updates WHERE room = 'room-1'").fetchall()
+            )
+            for (row,) in rows:
+                replay.apply_update(row)
+            assert str(replay.get("source", type=Text)) == "durable"
+            assert stored is None or stored.updates
+
+
+async def test_viewer_sees_edits_but_its_updates_are_refused(tmp_path: Path) -> None:
+    async with room_with_log(tmp_path) as (room, _), anyio.create_task_group() as tg:
+        async with (
+            peer(room, tg, EINSTEIN) as editor,
+            peer(room, tg, MARIE, writable=False) as viewer,
+        ):
+            editor.text += "from the editor"
+            await until(lambda: str(viewer.text) == "from the editor", viewer.doc)
+            viewer.text += " + viewer's attempt"
+            editor.text += "!"
+            await until(lambda: "!" in str(viewer.text), viewer.doc)
+            assert str(editor.text) == "from the editor!"
+            assert str(room.doc.get("source", type=Text)) == "from the editor!"
+            (viewer_conn,) = [c for c in room.clients if not c.writable]
+            assert viewer_conn.refused_updates >= 1
+
+
+def awareness_frame(client_id: int, clock: int, state: dict | None) -> bytes:
+    return protocol.encode_awareness([protocol.AwarenessEntry(client_id, clock, state)])
+
+
+async def next_awareness(channel: MemoryChannel) -> list[protocol.AwarenessEntry]:
+    with anyio.fail_after(5):
+        while True:
+            frame = protocol.parse(await channel.recv())
+            if frame.kind is protocol.Kind.AWARENESS:
+                return protocol.decode_awareness(frame.payload)
+
+
+async def test_presence_arrives_at_once_stamped_and_leaves_at_once() -> None:
+    async with Room("presence") as room, anyio.create_task_group() as tg:
+        a_server, a = memory_channel_pair("a")
+        tg.start_soon(room.serve, a_server, EINSTEIN)
+        await next_awareness(a)  # the initial presence (nobody else yet)
+        forged = {"user": {"name": "Marie Curie", "username": "marie", "color": "#f00"},
+                  "cursors": [{"anchor": 1}]}
+        await a.send(awareness_frame(111, 1, forged))
+
+        b_server, b = memory_channel_pair("b")
+        tg.start_soon(partial(room.serve, b_server, MARIE, writable=False))
+        entries = await next_awareness(b)  # at once, not after a 30 s heartbeat
+        (einstein_state,) = [e.state for e in entries if e.client_id == 111]
+        assert einstein_state is not None
+        user = einstein_state["user"]
+        assert user["username"] == "einstein" and user["display_name"] == "Albert Einstein"
+        assert user["site"] == "site-a" and user["role"] == "editor"
+        assert user["color"] == "#f00" and einstein_state["cursors"] == [{"anchor": 1}]
+
+        await b.send(awareness_frame(222, 1, {"user": {"name": "x"}}))
+        (seen_by_a,) = await next_awareness(a)
+        assert seen_by_a.client_id == 222 and seen_by_a.state["user"]["role"] == "viewer"
+        # b cannot speak for a's client id
+        await b.send(awareness_frame(111, 9, {"user": {"name": "hijack"}}))
+        await b.close()
+        (gone,) = await next_awareness(a)
+        assert gone.client_id == 222 and gone.state is None
+        tg.cancel_scope.cancel()
+
+
+async def test_status_reaches_clients_as_the_nodes_awareness() -> None:
+    async with Room("status") as room, anyio.create_task_group() as tg:
+        server_end, client = memory_channel_pair("a")
+        tg.start_soon(room.serve, server_end, EINSTEIN)
+        await next_awareness(client)
+        room.set_status(lock="held", primary="node-a")
+        (entry,) = await next_awareness(client)
+        assert entry.client_id == room.doc.client_id
+        assert entry.state == {"mesh": {"lock": "held", "primary": "node-a"}}
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        pytest.param(b"\x07\x00", CloseCode.RESET_CONNECTION, id="unknown-type"),
+        pytest.param(b"\x00\x02\x10abc", CloseCode.RESET_CONNECTION, id="truncated"),
+        pytest.param(b"\x00\x02\x03\x01\x02\x03", CloseCode.RESET_CONNECTION, id="garbage-update"),
+        pytest.param(b"\x01\x05\x01\x01\x01\x01{", CloseCode.RESET_CONNECTION, id="bad-awareness"),
+        pytest.param(b"\x00\x09\x00", CloseCode.RESET_CONNECTION, id="unknown-sync-type"),
+        pytest.param(b"\x00\x02" + b"\x80" * 20, CloseCode.RESET_CONNECTION, id="huge-varuint"),
+        pytest.param(b"", CloseCode.RESET_CONNECTION, id="empty"),
+        pytest.param(b"\x00\x02" + b"x" * 70000, CloseCode.MESSAGE_TOO_BIG, id="oversized"),
+    ],
+)
+async def test_bad_messages_close_only_their_connection(
+    tmp_path: Path, message: bytes, code: int
+) -> None:
+    async with UpdateLog(tmp_path / "u.sqlite") as log, Room(
+        "bad", updatelog=log, max_message_size=65536
+    ) as room, anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as good:
+            bad_server, bad = memory_channel_pair("bad")
+            tg.start_soon(room.serve, bad_server, MARIE)
+            await bad.send(message)
+            with anyio.fail_after(5):
+                await bad.closed.wait()
+            assert bad.close_code == code
+            good.text += "still served"
+            await until(
+                lambda: str(room.doc.get("source", type=Text)) == "still served", room.doc
+            )
+        tg.cancel_scope.cancel()
+
+
+async def test_update_with_unknown_dependencies_is_refused_and_purged(tmp_path: Path) -> None:
+    source = Doc()
+    text = source.get("source", type=Text)
+    updates: list[bytes] = []
+    source.observe(lambda e: updates.append(e.update))
+    text += "first"
+    text += " second"  # depends on "first"
+    async with room_with_log(tmp_path) as (room, log), anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as good:
+            bad_server, bad = memory_channel_pair("bad")
+            tg.start_soon(room.serve, bad_server, MARIE)
+            await bad.send(protocol.update(updates[1]))
+            with anyio.fail_after(5):
+                await bad.closed.wait()
+            assert bad.close_code == CloseCode.RESET_CONNECTION
+            await room.flush()
+            # The missing dependency arrives later from an honest client: the refused
+            # update must not come back with it.
+            good.doc.apply_update(updates[0])
+            await until(lambda: str(room.doc.get("source", type=Text)) == "first", room.doc)
+            good.text += "!"
+            await until(lambda: str(room.doc.get("source", type=Text)) == "first!", room.doc)
+            await room.flush()
+            rows = await log._run(
+                lambda: log.db.execute("SELECT data FROM updates").fetchall()
+            )
+            replay = Doc()
+            for (row,) in rows:
+                replay.apply_update(row)
+            assert str(replay.get("source", type=Text)) == "first!"
+        tg.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reads_is_closed_as_too_slow() -> None:
+    async with Room("slow", outbox_size=8) as room, anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as writer:
+            # A channel whose reader never reads: the room's sender blocks on it.
+            slow_server, slow = memory_channel_pair("slow")
+            stuck, never_read = anyio.create_memory_object_stream[bytes](0)
+            slow_server._send = stuck
+            tg.start_soon(room.serve, slow_server, MARIE)
+            for i in range(200):
+                writer.text += str(i % 10)
+            with anyio.fail_after(5):
+                await slow.closed.wait()
+            assert slow.close_code == CloseCode.TOO_SLOW
+            await until(lambda: len(str(room.doc.get("source", type=Text))) == 200, room.doc)
+            never_read.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_edit_runs_in_the_room_and_reaches_clients() -> None:
+    from mesh_collab.origins import StorageOrigin
+
+    async with Room("edit") as room, anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as a:
+            await room.edit(
+                lambda doc: doc.get("source", type=Text).insert(0, "external "),
+                StorageOrigin(),
+            )
+            await until(lambda: str(a.text) == "external ", a.doc)
+        tg.cancel_scope.cancel()
