@@ -26,6 +26,19 @@ setup() {
         rm -f "$VENV"/.installed-*
         touch "$stamp"
     fi
+    # Browser tests drive Debian's Chromium (test tools may not download browsers).
+    if ! command -v chromium >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+        else
+            sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+        fi
+    fi
+    # The tests' real Yjs peer (npm yjs + y-websocket), from the committed lockfile.
+    if [ ! -f tests/node/node_modules/.package-lock.json ] \
+        || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
+        (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 }
 
 cmd=${1:-test}

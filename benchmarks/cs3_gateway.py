@@ -97,8 +97,8 @@ async def run(session: Session, seconds: float, quick: bool) -> dict[str, float]
 
 def start_gateway(root: str, profile: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh_collab", "gateway", "--root", root, "--port", "0",
-         "--lock-profile", profile],
+        [sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "gateway",
+         "--root", root, "--port", "0", "--lock-profile", profile],
         stdout=subprocess.PIPE,
         text=True,
     )

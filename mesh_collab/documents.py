@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio
 from jupyter_ydoc import YNotebook
-from pycrdt import Doc
+from pycrdt import Doc, Map
 
 from mesh_collab import errors, notebook
 from mesh_collab.checkpoint import Checkpointer
@@ -44,6 +44,10 @@ from mesh_collab.rooms import Room
 from mesh_collab.updatelog import UpdateLog
 
 APP_NAME = "mesh_collab"
+#: The origin of the edit that clears the frontends' "dirty" flag after a checkpoint.
+SAVED = StorageOrigin("saved")
+#: Compact the local log after a checkpoint once this many updates accumulated.
+COMPACT_EVERY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._known_etag = ""
         self._known_sha = ""
         self._base = b""
+        self._compacted_at = 0
         self._lock_state = "none"
         self._holder = ""
         self._lease_wanted = anyio.Event()
@@ -141,7 +146,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             log=self.log,
         ) as room:
             self.room = room
-            room.add_listener(lambda updates: self.checkpointer.changed())
+            room.add_listener(self._on_updates)
             if pending_merge is not None:
                 await self._merge(pending_merge)
             self._publish()
@@ -156,6 +161,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                         await room.flush()
                         await self.checkpointer.flush()
                     tg.cancel_scope.cancel()
+
+    def _on_updates(self, updates: list[tuple[bytes, Origin | None]]) -> None:
+        # Clearing the frontend's "dirty" flag after a save is not a change to save.
+        if any(origin != SAVED for _, origin in updates):
+            self.checkpointer.changed()
 
     async def _load(self) -> tuple[Doc, dict[str, Any] | None]:
         """Build the document, keeping the lineage; return it and a file to merge in."""
@@ -312,7 +322,18 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._known_etag, self._known_sha = info.etag, digest
         self._base = state
         await self.updatelog.set_base(self.name, state)
+        # Tell the frontends the notebook is saved (its "dirty" dot), as jupyter-collaboration
+        # does after a save.
+        await self.room.edit(_mark_saved, SAVED)
         self._publish()
+        await self._maybe_compact()
+
+    async def _maybe_compact(self) -> None:
+        """Fold the room's log into one state once it holds many updates."""
+        updates = self.room.stats.updates
+        if updates - self._compacted_at >= COMPACT_EVERY:
+            await self.room.compact(self.lineage)
+            self._compacted_at = updates
 
     async def _watch_file(self) -> None:
         while True:
@@ -344,3 +365,11 @@ def _notebook_of(state: bytes) -> dict[str, Any]:
 def _content_sha(state: bytes) -> str:
     """sha256 of the file a document state is written as."""
     return sha256(notebook.to_bytes(_notebook_of(state)))
+
+
+def _mark_saved(doc: Doc) -> None:
+    # jupyter_ydoc's "state" map; building a YNotebook inside a transaction would subscribe
+    # observers there, which pycrdt refuses.
+    state = doc.get("state", type=Map)
+    if state.get("dirty") is not False:
+        state["dirty"] = False

@@ -129,6 +129,13 @@ class _Edit:
     error: BaseException | None = None
 
 
+@dataclass(eq=False)
+class _Compact:
+    lineage: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RoomStats:
     """Counters of a room, for tests, benchmarks and logs."""
@@ -310,6 +317,31 @@ class Room(anyio.AsyncContextManagerMixin):
                 tg.cancel_scope.cancel()
         self._doc.unobserve(self._subscription)
 
+    async def compact(self, lineage: str) -> None:
+        """Replace the room's rows in the update log by one encoded state of the document.
+
+        It runs in the room loop between two batches, so no update can slip between the
+        state and the deletion of the rows it covers.
+
+        Raises:
+            LocalStoreError: the log could not be compacted (it keeps its rows).
+        """
+        if self.updatelog is None:
+            return
+        item = _Compact(lineage)
+        await self._inbox_send.send(item)
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    async def _compact(self, item: _Compact) -> None:
+        assert self.updatelog is not None
+        try:
+            await self.updatelog.reset(self.name, item.lineage, self._doc.get_update())
+        except LocalStoreError as exc:
+            item.error = exc
+        item.done.set()
+
     async def flush(self) -> None:
         """Wait until every message queued so far is processed, durable and relayed."""
         barrier = _Edit(lambda doc: None, origin=None)  # type: ignore[arg-type]
@@ -355,6 +387,9 @@ class Room(anyio.AsyncContextManagerMixin):
                 await self._commit()
                 for edit in edits:
                     edit.done.set()
+                for item in batch:
+                    if isinstance(item, _Compact):
+                        await self._compact(item)
 
     def _handle(self, item: Any) -> None:
         if isinstance(item, _Msg):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -24,7 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from mesh_collab.channel import Channel
 from mesh_collab.cs3.client import Session
 from mesh_collab.documents import NotebookRoom, RoomSettings
-from mesh_collab.errors import RoomClosed
+from mesh_collab.errors import MeshCollabError, RoomClosed
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Room
 from mesh_collab.updatelog import UpdateLog
@@ -81,6 +82,25 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 for room in list(self._awareness_rooms.values()):
                     room.closing = True
                 self._tg = None
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the server's task group (a connection served for a
+        transport whose callbacks cannot await it, like tornado's ``open``). Errors of
+        mesh_collab are logged, not propagated: one connection never stops the node.
+
+        Raises:
+            RoomClosed: the server is not running.
+        """
+        if self._tg is None:
+            raise RoomClosed("the server is not running")
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except MeshCollabError as exc:
+                self.log.warning("connection ended with an error: %s", exc)
+
+        self._tg.start_soon(guarded)
 
     @property
     def rooms(self) -> dict[ResourceId, NotebookRoom]:

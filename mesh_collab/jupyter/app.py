@@ -1,0 +1,552 @@
+"""``MeshCollabApp``: the jupyter_server extension that makes a Jupyter server a mesh_collab node.
+
+Installing the package enables it (``etc/jupyter/jupyter_server_config.d/mesh_collab.json``,
+which also disables ``jupyter_server_ydoc``: exactly one implementation serves
+``/api/collaboration/*``, ours). It
+
+* replaces the server's contents manager (:class:`~.contents.CS3ContentsManager`: files live
+  in CS3) and identity provider (:class:`~.identity.CS3IdentityProvider`: users are CS3 users),
+  unless the configuration names other classes explicitly;
+* puts a :class:`MeshState` into ``web_app.settings["mesh_collab"]``;
+* serves the collaboration routes of :func:`mesh_collab.jupyter.handlers.collaboration_handlers`;
+* owns the node's long-lived services in ONE task (STYLE §3.7 rule 9): the task enters
+  ``async with CS3Client(...)``, logs the single user in, enters every service of
+  :attr:`MeshCollabApp.services` in order, marks the state ready, and waits for the stop event.
+  ``stop_extension`` sets the event and awaits the task under ``stop_timeout``.
+
+Adding a service (the room server, a federation endpoint, ...) needs no change here::
+
+    @asynccontextmanager
+    async def room_server(state: MeshState) -> AsyncIterator[CollabServer]:
+        async with CollabServer(...) as server:
+            state.server = server
+            yield server
+
+    app.add_service(room_server)   # e.g. from collaboration_handlers(app)
+
+Services are entered after the CS3 client is open and left in reverse order before it closes.
+``add_service`` must be called before the server starts (``initialize_handlers`` runs
+``collaboration_handlers(app)`` early enough).
+"""
+
+# jupyter_server and nbformat are untyped: calling into them is not an error here.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from tornado import web
+from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Config
+
+from mesh_collab import errors
+from mesh_collab.cs3.client import CS3Client, Session
+from mesh_collab.jupyter.contents import CS3ContentsManager
+from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
+from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
+
+if TYPE_CHECKING:
+    from jupyter_server.serverapp import ServerApp
+
+#: The traits that hold credentials: kept out of logs, reprs and ``settings``.
+SECRET_TRAITS = frozenset({"cs3_password", "cs3_token"})
+
+
+@dataclass(eq=False)
+class MeshState:
+    """What the node's handlers share, in ``web_app.settings["mesh_collab"]``.
+
+    Attributes:
+        config: the :class:`MeshCollabApp` (its traits are the node's configuration).
+        cs3: the node's CS3 client; open from start until stop (await :meth:`wait_ready`).
+        sessions: the CS3 sessions of the node's users (:class:`~.identity.Sessions`).
+        server: the room server; None until a service attaches it.
+        site: the site name.
+        ready: set once the CS3 client is open, the single user logged in and every service
+            entered.
+        error: why the node is not running (failed to start, stopping, or stopped by an
+            error); None while it runs.
+    """
+
+    config: MeshCollabApp
+    cs3: CS3Client
+    sessions: Sessions
+    site: str
+    server: Any = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+
+    async def wait_ready(self) -> None:
+        """Wait until the node is connected to CS3 (at most ``rpc_timeout`` seconds).
+
+        Raises:
+            HTTPError: 503 when the node failed to start or is not ready in time.
+        """
+        if not self.ready.is_set():
+            if self.error is None:
+                try:
+                    async with asyncio.timeout(self.config.rpc_timeout):
+                        await self.ready.wait()
+                except TimeoutError:
+                    raise web.HTTPError(503, "mesh_collab is not connected to CS3 yet") from None
+        if self.error is not None:
+            raise web.HTTPError(503, f"mesh_collab is not running: {self.error}")
+
+    def __repr__(self) -> str:
+        return f"MeshState(site={self.site!r}, gateway={self.cs3.gateway!r}, {self.sessions!r})"
+
+
+ServiceFactory = Callable[[MeshState], AbstractAsyncContextManager[Any]]
+"""Builds one long-lived service of the node from its state (see :meth:`add_service`)."""
+
+
+def _env(name: str, fallback: str) -> str:
+    return os.environ.get(name) or fallback
+
+
+class RedactTransferSecrets(logging.Filter):
+    """Masks bearer secrets that travel in URL paths, in httpx's request log lines.
+
+    httpx logs every request URL at INFO ("HTTP Request: GET <url> ..."). Two kinds of URL
+    carry a credential in their path: CS3 data-gateway transfers (``/datagateway/<transfer
+    token>``) and OCM WebDAV URIs (``/dav/ocm/<shared secret>``). STYLE §3.6: no token in any
+    log line. Installed once on the ``httpx`` logger by :class:`MeshCollabApp`.
+    """
+
+    PATTERN = re.compile(r"(/datagateway/|/dav/ocm/)[^/\s\"'?#]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.PATTERN.sub(r"\1<redacted>", str(a)) if isinstance(a, str | httpx.URL) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1<redacted>", record.msg)
+        return True
+
+
+def install_log_redaction(logger_name: str = "httpx") -> None:
+    """Add :class:`RedactTransferSecrets` to ``logger_name`` unless it is there already."""
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(f, RedactTransferSecrets) for f in target.filters):
+        target.addFilter(RedactTransferSecrets())
+
+
+class MeshCollabApp(ExtensionApp):
+    """The mesh_collab jupyter_server extension (see the module docstring)."""
+
+    name = "mesh_collab"
+    load_other_extensions = True
+
+    #: Applied to the ServerApp both when launched directly (jupyter_server reads this
+    #: attribute only then) and, by :meth:`_link_jupyter_server_extension`, when loaded as an
+    #: extension of ``jupyter lab`` / ``jupyter server``, unless configured explicitly.
+    serverapp_config: dict[str, Any] = {
+        "contents_manager_class": CS3ContentsManager,
+        "identity_provider_class": CS3IdentityProvider,
+    }
+
+    # -- traits ---------------------------------------------------------------------------
+
+    # Environment fallbacks (STYLE §3.5): each trait's default reads its `<trait>_env`.
+    site_env = "MESH_COLLAB_SITE"
+    gateway_env = "MESH_COLLAB_GATEWAY"
+    cs3_username_env = "MESH_COLLAB_CS3_USERNAME"
+    cs3_password_env = "MESH_COLLAB_CS3_PASSWORD"
+    cs3_token_env = "MESH_COLLAB_CS3_TOKEN"
+
+    site = Unicode(
+        help="""Name of this node's site (e.g. "cern", "jrc"). Shown to collaborators next to
+        the user name and used to tell sites apart in federation. Default "site-a", or the
+        environment variable MESH_COLLAB_SITE.""",
+    ).tag(config=True)
+
+    gateway = Unicode(
+        help="""gRPC address (host:port) of the site's CS3 gateway (Reva, or
+        `mesh-collab gateway`). Default "127.0.0.1:19000", or MESH_COLLAB_GATEWAY.""",
+    ).tag(config=True)
+
+    home_template = Unicode(
+        DEFAULT_HOME_TEMPLATE,
+        help="""CS3 path of a user's home, with {username}; the Jupyter root "/" is this
+        folder. Default "/home/{username}" (Reva's demo layout, the embedded gateway).""",
+    ).tag(config=True)
+
+    auth_mode = CaselessStrEnum(
+        ["single-user", "multi-user"],
+        default_value="single-user",
+        help="""How browsers authenticate. "single-user" (default): the Jupyter token, and the
+        identity is the CS3 user of cs3_username/cs3_password or cs3_token. "multi-user": a
+        login form checks user name and password against the CS3 gateway; each user works
+        with their own CS3 token.""",
+    ).tag(config=True)
+
+    cs3_username = Unicode(
+        help="""single-user mode: CS3 user name to log in with (with cs3_password). Default
+        "", or MESH_COLLAB_CS3_USERNAME.""",
+    ).tag(config=True)
+
+    cs3_password = Unicode(
+        help="""single-user mode: CS3 password of cs3_username. Never logged. Default "", or
+        MESH_COLLAB_CS3_PASSWORD (prefer the environment to a config file).""",
+    ).tag(config=True)
+
+    cs3_token = Unicode(
+        help="""single-user mode: a CS3 access token (x-access-token) to use instead of
+        user name and password; it is not renewed, so it must outlive the server. Never
+        logged. Default "", or MESH_COLLAB_CS3_TOKEN.""",
+    ).tag(config=True)
+
+    rpc_timeout = Float(
+        10.0,
+        help="""Deadline of every CS3 gRPC call, in seconds (default 10). Also how long a
+        request waits for the node to connect to CS3 at start-up before it gets 503.""",
+    ).tag(config=True)
+
+    transfer_timeout = Float(
+        60.0,
+        help="""Deadline of every CS3 HTTP data transfer (file upload/download), in seconds
+        (default 60). At 10 MB/s this allows a 600 MB file; raise it for slow links.""",
+    ).tag(config=True)
+
+    checkpoint_quiet_period = Float(
+        2.0,
+        help="""Seconds without edits after which the primary writes a live notebook to CS3
+        (default 2). Together with checkpoint_max_interval: a notebook typed into without
+        pause is written every checkpoint_max_interval seconds, otherwise 2 s after the last
+        edit. Every write is a CS3 version, so smaller values mean more versions.""",
+    ).tag(config=True)
+
+    checkpoint_max_interval = Float(
+        30.0,
+        help="""Longest time, in seconds, that edits of a live notebook may wait before the
+        primary writes it to CS3, however busy the editing (default 30). Must not be smaller
+        than checkpoint_quiet_period.""",
+    ).tag(config=True)
+
+    lock_expiry = Float(
+        60.0,
+        help="""Expiry of the CS3 lock the primary holds on a live notebook, in seconds
+        (default 60). The lock is refreshed every lock_expiry/3 s; when its node dies, another
+        node takes over after at most this long.""",
+    ).tag(config=True)
+
+    data_dir = Unicode(
+        help="""Local folder of the node's update log (SQLite) and other node state. Default
+        <jupyter data dir>/mesh_collab/<site>. Put it on a local disk, not NFS.""",
+    ).tag(config=True)
+
+    max_message_size = Int(
+        16 * 2**20,
+        help="""Largest websocket message accepted from a browser or a peer node, in bytes
+        (default 16 MiB). A larger one closes that connection only.""",
+    ).tag(config=True)
+
+    max_notebook_size = Int(
+        64 * 2**20,
+        help="""Largest notebook the node opens or saves, in bytes (default 64 MiB). Larger
+        ones are refused with 413.""",
+    ).tag(config=True)
+
+    document_cleanup_delay = Float(
+        60.0,
+        help="""Seconds a room stays in memory after its last client left (default 60), so
+        that a reload or a short network loss does not rebuild it. 0 frees it at once.""",
+    ).tag(config=True)
+
+    stop_timeout = Float(
+        10.0,
+        help="""Seconds the node's services get to stop (final checkpoints, lock release)
+        when the server shuts down (default 10); after that they are cancelled.""",
+    ).tag(config=True)
+
+    @default("site")
+    def _default_site(self) -> str:
+        return _env(self.site_env, "site-a")
+
+    @default("gateway")
+    def _default_gateway(self) -> str:
+        return _env(self.gateway_env, "127.0.0.1:19000")
+
+    @default("cs3_username")
+    def _default_cs3_username(self) -> str:
+        return _env(self.cs3_username_env, "")
+
+    @default("cs3_password")
+    def _default_cs3_password(self) -> str:
+        return _env(self.cs3_password_env, "")
+
+    @default("cs3_token")
+    def _default_cs3_token(self) -> str:
+        return _env(self.cs3_token_env, "")
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "mesh_collab" / self.site)
+
+    @validate("site")
+    def _validate_site(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if not value or "/" in value or value.strip() != value:
+            raise TraitError(f"site must be a non-empty name without '/' or spaces: {value!r}")
+        return value
+
+    @validate("gateway")
+    def _validate_gateway(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise TraitError(f"gateway must be host:port: {value!r}")
+        return value
+
+    @validate(
+        "rpc_timeout",
+        "transfer_timeout",
+        "checkpoint_quiet_period",
+        "checkpoint_max_interval",
+        "lock_expiry",
+        "stop_timeout",
+    )
+    def _validate_positive(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        if value <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be > 0 seconds: {value!r}")
+        return value
+
+    @validate("document_cleanup_delay")
+    def _validate_cleanup(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise TraitError(f"document_cleanup_delay must be >= 0 seconds: {value!r}")
+        return value
+
+    @validate("max_message_size", "max_notebook_size")
+    def _validate_size(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if value <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be > 0 bytes: {value!r}")
+        return value
+
+    # -- state ------------------------------------------------------------------------------
+
+    services: list[ServiceFactory]
+    state: MeshState | None
+    _stop: asyncio.Event | None
+    _task: asyncio.Task[None] | None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: Factories of the node's long-lived services, entered in order inside the owner
+        #: task after the CS3 client opened (see the module docstring). Empty by default.
+        self.services = []
+        self.state = None
+        self._stop = None
+        self._task = None
+
+    def add_service(self, factory: ServiceFactory) -> None:
+        """Run ``factory(state)`` as an async context manager for the node's lifetime.
+
+        Raises:
+            RuntimeError: the node already started.
+        """
+        if self._task is not None:
+            raise RuntimeError("add_service must be called before the server starts")
+        self.services.append(factory)
+
+    def __repr__(self) -> str:
+        return (
+            f"MeshCollabApp(site={self.site!r}, gateway={self.gateway!r}, "
+            f"auth_mode={self.auth_mode!r})"
+        )
+
+    # -- jupyter_server hooks -----------------------------------------------------------------
+
+    def _link_jupyter_server_extension(self, serverapp: ServerApp) -> None:
+        """Link, then make the ServerApp use our contents manager and identity provider.
+
+        jupyter_server applies ``serverapp_config`` only when the extension is launched
+        directly (``MeshCollabApp.launch_instance``); under ``jupyter lab`` or ``jupyter
+        server`` the ServerApp builds its contents manager and identity provider after
+        linking the extensions, so setting the classes here takes effect. A class configured
+        explicitly (``ServerApp.contents_manager_class = ...``) wins.
+        """
+        super()._link_jupyter_server_extension(serverapp)
+        configured = serverapp.config.get("ServerApp", {})
+        wanted = Config(
+            {
+                "ServerApp": {
+                    name: value
+                    for name, value in self.serverapp_config.items()
+                    if name not in configured
+                }
+            }
+        )
+        if wanted.ServerApp:
+            serverapp.update_config(wanted)
+
+    def _prepare_config(self) -> None:
+        # jupyter_server copies every trait into settings["mesh_collab_config"]: not secrets.
+        super()._prepare_config()
+        for name in SECRET_TRAITS:
+            self.extension_config.pop(name, None)
+
+    def initialize_settings(self) -> None:
+        """Build the node's state and hand it to the contents manager and identity provider.
+
+        Raises:
+            TraitError: ``checkpoint_max_interval`` is smaller than ``checkpoint_quiet_period``.
+        """
+        if self.checkpoint_max_interval < self.checkpoint_quiet_period:
+            raise TraitError(
+                f"checkpoint_max_interval ({self.checkpoint_max_interval!r} s) must not be "
+                f"smaller than checkpoint_quiet_period ({self.checkpoint_quiet_period!r} s)"
+            )
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        install_log_redaction()
+        cs3 = CS3Client(
+            self.gateway,
+            rpc_timeout=self.rpc_timeout,
+            transfer_timeout=self.transfer_timeout,
+            log=self.log,
+        )
+        self.state = MeshState(config=self, cs3=cs3, sessions=Sessions(), site=self.site)
+        self.settings["mesh_collab"] = self.state
+        assert self.serverapp is not None
+        contents = self.serverapp.contents_manager
+        if isinstance(contents, CS3ContentsManager):
+            contents.attach(self.state)
+        else:
+            self.log.warning(
+                "mesh_collab: the contents manager is %s, not CS3: Jupyter shows local files",
+                type(contents).__name__,
+            )
+        identity = self.serverapp.identity_provider
+        if isinstance(identity, CS3IdentityProvider):
+            identity.attach(self.state)
+        else:
+            self.log.warning(
+                "mesh_collab: the identity provider is %s: users are not CS3 users",
+                type(identity).__name__,
+            )
+        if self.auth_mode == "single-user" and not (
+            self.cs3_token or (self.cs3_username and self.cs3_password)
+        ):
+            self.log.warning(
+                "mesh_collab: single-user mode needs cs3_username and cs3_password, or cs3_token"
+            )
+        self.log.info(
+            "mesh_collab: site=%s gateway=%s auth_mode=%s data_dir=%s",
+            self.site,
+            self.gateway,
+            self.auth_mode,
+            self.data_dir,
+        )
+
+    def initialize_handlers(self) -> None:
+        """Serve the collaboration routes (``mesh_collab.jupyter.handlers``)."""
+        # Imported here: handlers.py may import this module (MeshState, session_for).
+        from mesh_collab.jupyter.handlers import collaboration_handlers
+
+        self.handlers.extend(collaboration_handlers(self))
+
+    async def _start_jupyter_server_extension(self, serverapp: ServerApp) -> None:
+        """Start the owner task and wait until the node is connected (or failed).
+
+        Raises:
+            MeshCollabError, OSError: the node could not log in to CS3 or start a service
+                (jupyter_server logs it; requests then get 503 with the reason).
+        """
+        if self.state is None:
+            raise RuntimeError("mesh_collab was not initialised")
+        if self._task is not None:
+            return
+        self._stop = asyncio.Event()
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The one create_task of mesh_collab (STYLE §3.7 rule 9): this task owns the CS3
+        # client and every service, entering and leaving their task groups itself.
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(self.state, self._stop, started), name="mesh_collab"
+        )
+        await started
+
+    async def _run(
+        self, state: MeshState, stop: asyncio.Event, started: asyncio.Future[None]
+    ) -> None:
+        try:
+            async with state.cs3, AsyncExitStack() as stack:
+                if self.auth_mode == "single-user":
+                    session = await self._single_user_session(state.cs3)
+                    state.sessions.set_default(session)
+                for factory in self.services:
+                    await stack.enter_async_context(factory(state))
+                state.ready.set()
+                started.set_result(None)
+                self.log.info("mesh_collab: node started site=%s", state.site)
+                await stop.wait()
+                self.log.info("mesh_collab: node stopping site=%s", state.site)
+                # New requests get 503 while the services finish (final checkpoints).
+                state.error = RuntimeError("the node is stopping")
+        except BaseException as exc:
+            # One of the three catch boundaries: record why the node is down (requests then
+            # get 503 with the reason), wake the waiters, and re-raise what is not reported.
+            state.error = exc
+            state.ready.set()
+            if not started.done():
+                started.set_exception(exc)
+                self.log.error("mesh_collab: node failed to start: %s", exc)
+                if isinstance(exc, Exception):
+                    return  # reported through `started`, which the start hook awaits
+            elif not stop.is_set():
+                self.log.error("mesh_collab: node stopped unexpectedly", exc_info=exc)
+            raise
+
+    async def _single_user_session(self, cs3: CS3Client) -> Session:
+        """Log in with the configured credentials.
+
+        Raises:
+            Unauthenticated: no credentials configured, or they are refused.
+            StorageError: the gateway failed.
+        """
+        if self.cs3_token:
+            session = cs3.session(self.cs3_token)
+            await session.whoami()
+        elif self.cs3_username and self.cs3_password:
+            session = await cs3.login(self.cs3_username, self.cs3_password)
+        else:
+            raise errors.Unauthenticated(
+                "single-user mode needs cs3_username and cs3_password, or cs3_token",
+                op="login",
+            )
+        assert session.user is not None
+        self.log.info("mesh_collab: logged in to CS3 as user=%s", session.user.username)
+        return session
+
+    async def stop_extension(self) -> None:
+        """Stop the owner task: services leave in reverse order, then the CS3 client closes."""
+        task, stop = self._task, self._stop
+        if task is None or stop is None:
+            return
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=self.stop_timeout)
+        if not done:
+            self.log.warning(
+                "mesh_collab: services did not stop within %.1f s; cancelling", self.stop_timeout
+            )
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("mesh_collab: node stopped with an error", exc_info=task.exception())
+        self._task = None

@@ -1,0 +1,77 @@
+"""A tornado websocket as a :class:`~mesh_collab.channel.Channel`.
+
+Tornado delivers messages by callback (``on_message``); the core reads them with
+``await channel.recv()``. A bounded queue sits between the two: when a client sends faster
+than its room processes, tornado stops reading its socket (``on_message`` awaits the queue),
+which pushes back on that client alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from mesh_collab.channel import ChannelClosed
+from mesh_collab.close_codes import CloseCode
+
+
+class TornadoChannel:
+    """Adapts the handler it is mixed into (see :class:`ChannelHandler`)."""
+
+    def __init__(self, handler: WebSocketHandler, path: str, *, queue_size: int = 256) -> None:
+        self._handler = handler
+        self._path = path
+        # None marks the end of the stream.
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        self.closed = asyncio.Event()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    async def send(self, message: bytes) -> None:
+        if self.closed.is_set():
+            raise ChannelClosed(self._path)
+        try:
+            await self._handler.write_message(message, binary=True)
+        except WebSocketClosedError as exc:
+            raise ChannelClosed(self._path) from exc
+
+    async def recv(self) -> bytes:
+        message = await self._queue.get()
+        if message is None:
+            raise ChannelClosed(self._path)
+        return message
+
+    def __aiter__(self) -> TornadoChannel:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        if not self.closed.is_set():
+            self._handler.close(code, reason[:120])
+            self.mark_closed()
+
+    async def deliver(self, message: bytes | str) -> None:
+        """Called by the handler for each incoming message."""
+        if isinstance(message, str):
+            message = message.encode()
+        await self._queue.put(message)
+
+    def mark_closed(self) -> None:
+        """Called when the socket closed: wakes a pending ``recv``."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:
+            # The room stops reading this client anyway: drop one message for the marker.
+            self._queue.get_nowait()
+            self._queue.put_nowait(None)

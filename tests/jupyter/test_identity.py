@@ -1,0 +1,230 @@
+"""Identity: single-user token mode, multi-user CS3 login form, sessions, no secrets in logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import httpx
+import pytest
+from tornado.web import HTTPError
+
+from mesh_collab.cs3.client import CS3Client
+from mesh_collab.cs3.gateway import EmbeddedGateway
+from mesh_collab.jupyter.identity import MeshUser, Sessions
+
+Node = Any
+NodeFactory = Any
+
+LOGGERS = ("", "ServerApp", "MeshCollabApp", "tornado", "mesh_collab", "grpc", "httpx", "httpcore")
+
+
+@pytest.fixture
+async def multi(node_factory: NodeFactory, gateway: EmbeddedGateway) -> Node:
+    """A multi-user node on site-a."""
+    return await node_factory(gateway, auth_mode="multi-user")
+
+
+def browser() -> httpx.AsyncClient:
+    """A client with no Jupyter token: it authenticates with the login cookie only."""
+    return httpx.AsyncClient(timeout=30)
+
+
+async def test_single_user_me_is_einstein_with_site(node: Node) -> None:
+    response = await node.api("GET", "me")
+    assert response.status_code == 200
+    identity = response.json()["identity"]
+    assert identity["username"] == "einstein"
+    assert identity["site"] == "site-a"
+    idp, _, opaque = identity["cs3_user_id"].rpartition("/")
+    assert idp and opaque
+    assert "session_key" not in identity
+    assert identity["initials"]
+
+
+async def test_single_user_needs_the_token(node: Node) -> None:
+    async with browser() as http:
+        assert (await node.api("GET", "me", http=http)).status_code == 403
+        assert (await node.api("GET", "contents", http=http)).status_code == 403
+        # the token once, then the login cookie it sets
+        first = await http.get(f"{node.url}api/me", params={"token": node.token})
+        assert first.status_code == 200
+        again = await node.api("GET", "me", http=http)
+        assert again.status_code == 200 and again.json()["identity"]["username"] == "einstein"
+
+
+async def test_single_user_login_form_takes_the_token(node: Node) -> None:
+    async with browser() as http:
+        page, xsrf = await node.login_form(http)
+        assert page.status_code == 200
+        wrong = await http.post(
+            f"{node.url}login", data={"password": "nope", "_xsrf": xsrf}, follow_redirects=False
+        )
+        assert wrong.status_code == 401
+        right = await http.post(
+            f"{node.url}login",
+            data={"password": node.token, "_xsrf": xsrf},
+            follow_redirects=False,
+        )
+        assert right.status_code == 302
+        me = await node.api("GET", "me", http=http)
+        assert me.status_code == 200 and me.json()["identity"]["username"] == "einstein"
+
+
+async def test_single_user_with_a_cs3_token(
+    node_factory: NodeFactory, gateway: EmbeddedGateway, cs3: CS3Client
+) -> None:
+    marie = await cs3.login("marie", "radioactivity")
+    token = await marie.tokens.token()
+    node = await node_factory(gateway, cs3_username="", cs3_password="", cs3_token=token)
+    identity = (await node.api("GET", "me")).json()["identity"]
+    assert identity["username"] == "marie"
+
+
+async def test_patch_me_updates_the_color(node: Node) -> None:
+    response = await node.api("PATCH", "me", body={"color": "#123456"})
+    assert response.status_code == 200, response.text
+    assert (await node.api("GET", "me")).json()["identity"]["color"] == "#123456"
+
+
+async def test_multi_user_login_page(multi: Node) -> None:
+    async with browser() as http:
+        page, xsrf = await multi.login_form(http)
+        assert page.status_code == 200 and xsrf
+        assert 'name="username"' in page.text and 'type="password"' in page.text
+        assert "site-a" in page.text
+
+
+async def test_multi_user_good_login(multi: Node, einstein: Any) -> None:
+    await einstein.files.write("/home/einstein/mine.txt", b"e")
+    async with browser() as http:
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        response = await multi.login(http, "einstein", "relativity")
+        assert response.status_code == 302, response.text
+        assert any(c.startswith("username-") for c in http.cookies)
+        me = await multi.api("GET", "me", http=http)
+        assert me.status_code == 200
+        identity = me.json()["identity"]
+        assert (identity["username"], identity["site"]) == ("einstein", "site-a")
+        assert identity["cs3_user_id"].endswith("/einstein") or identity["cs3_user_id"]
+        listing = (await multi.api("GET", "contents", http=http)).json()
+        assert "mine.txt" in [m["name"] for m in listing["content"]]
+
+
+async def test_multi_user_each_user_sees_their_own_home(multi: Node, einstein: Any) -> None:
+    await einstein.files.write("/home/einstein/only-einstein.txt", b"e")
+    async with browser() as e_http, browser() as m_http:
+        assert (await multi.login(e_http, "einstein", "relativity")).status_code == 302
+        assert (await multi.login(m_http, "marie", "radioactivity")).status_code == 302
+        e_list = (await multi.api("GET", "contents", http=e_http)).json()
+        m_list = (await multi.api("GET", "contents", http=m_http)).json()
+        assert "only-einstein.txt" in [m["name"] for m in e_list["content"]]
+        assert "only-einstein.txt" not in [m["name"] for m in m_list["content"]]
+        assert (await multi.api("GET", "me", http=m_http)).json()["identity"][
+            "username"
+        ] == "marie"
+
+
+async def test_multi_user_bad_password(multi: Node) -> None:
+    async with browser() as http:
+        response = await multi.login(http, "einstein", "not-the-password")
+        assert response.status_code == 401
+        assert "Wrong user name or password" in response.text
+        assert 'name="password"' in response.text  # the form again
+        assert not any(c.startswith("username-") for c in http.cookies)
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        unknown = await multi.login(http, "nobody", "whatever")
+        assert unknown.status_code == 401
+
+
+async def test_multi_user_ignores_the_jupyter_token(multi: Node) -> None:
+    assert (await multi.api("GET", "me")).status_code == 403  # node.http sends the token
+
+
+async def test_contents_without_a_session_is_401_in_multi_user_mode(multi: Node) -> None:
+    """Outside a request (no session in the context) there is no fallback user."""
+    with pytest.raises(HTTPError) as caught:
+        await multi.app.contents_manager.get("")
+    assert caught.value.status_code == 401
+
+
+async def test_multi_user_logout(multi: Node) -> None:
+    async with browser() as http, browser() as other:
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        assert (await multi.login(other, "einstein", "relativity")).status_code == 302
+        assert len(multi.state.sessions) == 1  # one CS3 session per user
+        cookie = dict(http.cookies)
+        logout = await http.get(f"{multi.url}logout")
+        assert logout.status_code == 200
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        # the copied cookie of the logged-out login is dead on the server side too
+        async with browser() as replay:
+            replay.cookies.update(cookie)
+            assert (await multi.api("GET", "me", http=replay)).status_code == 403
+        # the other login of the same user still works
+        assert (await multi.api("GET", "me", http=other)).status_code == 200
+
+
+async def test_no_secret_in_logs(multi: Node, caplog: pytest.LogCaptureFixture) -> None:
+    password = "relativity"
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    async with browser() as http:
+        bad = await multi.login(http, "einstein", "wrong-" + password)
+        assert bad.status_code == 401
+        assert (await multi.login(http, "einstein", password)).status_code == 302
+        assert (await multi.api("GET", "contents", http=http)).status_code == 200
+        # a save and a read go through the data gateway, whose URLs hold transfer tokens
+        xsrf = http.cookies.get("_xsrf", "")
+        body = {"type": "file", "format": "text", "content": "x"}
+        saved = await multi.api(
+            "PUT", "contents/t.txt", body=body, http=http, headers={"X-XSRFToken": xsrf}
+        )
+        assert saved.status_code == 201, saved.text
+        assert (await multi.api("GET", "contents/t.txt", http=http)).status_code == 200
+        cookie_values = [v for k, v in http.cookies.items() if k.startswith("username-")]
+    session = multi.state.sessions.get("einstein")
+    assert session is not None
+    cs3_token = await session.tokens.token()
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert "op=login user=einstein" in text  # the login was logged...
+    assert password not in text  # ...without the password,
+    assert cs3_token not in text  # the CS3 token,
+    assert "/datagateway/<redacted>" in text  # transfer tokens in URLs,
+    assert not re.search(r"/datagateway/(?!<redacted>)\w", text)
+    # The session key travels in the cookie only. (httpcore's debug trace of the *test's*
+    # client shows the Set-Cookie header it received; that is not the server logging it.)
+    server_text = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith("httpcore")
+    )
+    keys = list(multi.state.sessions._keys)
+    assert keys and not any(k in server_text for k in keys)
+    assert cookie_values and not any(v in server_text for v in cookie_values)
+
+
+def test_sessions_registry() -> None:
+    from mesh_collab.cs3.models import User, UserId
+
+    class FakeSession:  # only .user is read by the registry
+        def __init__(self, name: str) -> None:
+            self.user = User(id=UserId(idp="site-a", opaque_id=name), username=name)
+
+    sessions = Sessions()
+    first = FakeSession("einstein")
+    key1 = sessions.add(first)  # type: ignore[arg-type]
+    key2 = sessions.add(FakeSession("einstein"))  # type: ignore[arg-type]
+    assert key1 != key2 and len(sessions) == 1
+    assert sessions.for_key("einstein", key2) is first  # the first session is kept
+    assert sessions.for_key("marie", key1) is None and sessions.for_key("einstein", "") is None
+    sessions.remove_key(key1)
+    assert sessions.get("einstein") is first
+    sessions.remove_key(key2)
+    assert sessions.get("einstein") is None
+    assert "einstein" not in repr(sessions) or "key" not in repr(sessions)
+
+
+def test_mesh_user_fields() -> None:
+    user = MeshUser(username="u", site="s", cs3_user_id="idp/u", session_key="k")
+    assert "k" not in repr(user).replace("username", "").replace("cs3_user_id", "")
+    assert user.name == "u" and user.display_name == "u"
