@@ -251,7 +251,9 @@ async def test_external_change_is_merged_with_concurrent_edits(
         tg.cancel_scope.cancel()
 
 
-async def test_viewer_share_is_read_only(tmp_path: Path, einstein: Session, marie: Session) -> None:
+async def test_viewer_share_is_read_only(
+    tmp_path: Path, einstein: Session, marie: Session
+) -> None:
     info = await put_notebook(einstein, "v.ipynb", data_notebook("notebook3.ipynb"))
     assert marie.user is not None
     await einstein.shares.create(info.id, marie.user.id, Role.VIEWER)

@@ -52,7 +52,9 @@ async def test_bearer_login_with_a_valid_token(site: Site, cs3: CS3Client) -> No
         pytest.param("", id="missing"),
         pytest.param("not-a-jwt", id="garbage"),
         pytest.param(
-            jwt.encode({"exp": time.time() + 600, "aud": "reva", "user": {}}, "forged-" * 8, "HS256"),
+            jwt.encode(
+                {"exp": time.time() + 600, "aud": "reva", "user": {}}, "forged-" * 8, "HS256"
+            ),
             id="forged-signature",
         ),
     ],
