@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything mesh_collab needs on a fresh machine, then run one job.
 #
-#   ./dev.sh demo    the main job (today: the embedded CS3 gateway, in the foreground)
+#   ./dev.sh demo    the main job: two sites (gateway + JupyterLab each), see the README
 #   ./dev.sh test    the whole test suite
 #   ./dev.sh bench   the benchmarks (see benchmarks/README.md)
 #   ./dev.sh setup   only the set-up
@@ -47,7 +47,7 @@ case "$cmd" in
     setup) setup ;;
     demo)
         setup
-        exec "$VENV/bin/mesh-collab" gateway --root "${MESH_COLLAB_ROOT:-./mesh-collab-data}" "$@"
+        exec "$VENV/bin/mesh-collab" demo "$@"
         ;;
     test)
         setup

@@ -67,6 +67,13 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo():  # type: ignore[no-untyped-def]
+    # Imported on use: the demo pulls in Jupyter, which the gateway alone does not need.
+    from mesh_collab import demo
+
+    return demo
+
+
 @dataclass(frozen=True, slots=True)
 class Subcommand:
     """One ``mesh-collab`` subcommand."""
@@ -79,6 +86,11 @@ class Subcommand:
 #: Every subcommand by name; ``serve`` and ``demo`` are added here.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "gateway": Subcommand("run the embedded CS3 gateway", _gateway_args, _run_gateway),
+    "demo": Subcommand(
+        "run two sites (gateway + JupyterLab each) sharing a notebook",
+        lambda parser: _demo().configure(parser),
+        lambda args: _demo().run(args),
+    ),
 }
 
 

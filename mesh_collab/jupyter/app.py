@@ -487,7 +487,9 @@ class MeshCollabApp(ExtensionApp):
     ) -> None:
         try:
             async with state.cs3, AsyncExitStack() as stack:
-                if self.auth_mode == "single-user":
+                if self.auth_mode == "single-user" or self.cs3_token or self.cs3_username:
+                    # Multi-user nodes may have a default user too: the Jupyter token then
+                    # stands for that user (scripts, the demo's printed URLs).
                     session = await self._single_user_session(state.cs3)
                     state.sessions.set_default(session)
                 for factory in self.services:

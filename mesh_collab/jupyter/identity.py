@@ -249,7 +249,7 @@ class CS3IdentityProvider(IdentityProvider):
             sessions = state.sessions
             session = (
                 sessions.for_key(user.username, user.session_key)
-                if self.multi_user
+                if self.multi_user and user.session_key
                 else sessions.default
             )
         if session is None:
@@ -261,15 +261,16 @@ class CS3IdentityProvider(IdentityProvider):
     # -- tokens and cookies ---------------------------------------------------------------
 
     async def get_user_token(self, handler: web.RequestHandler) -> User | None:
-        # In multi-user mode no CS3 identity stands behind the shared Jupyter token.
-        if self.multi_user:
+        # The Jupyter token stands for the node's default CS3 user (always there in
+        # single-user mode; in multi-user mode only when credentials are configured).
+        if self.state.sessions.default is None:
             return None
         return await super().get_user_token(handler)
 
     def generate_anonymous_user(self, handler: web.RequestHandler) -> User:
-        """Single-user mode: whoever holds the token is the node's CS3 user."""
+        """Whoever holds the Jupyter token is the node's default CS3 user."""
         default_session = self.state.sessions.default
-        if self.multi_user or default_session is None:
+        if default_session is None:
             raise web.HTTPError(401, "no CS3 identity for this request")
         return self._user_for(default_session)
 

@@ -142,6 +142,22 @@ async def test_multi_user_ignores_the_jupyter_token(multi: Node) -> None:
     assert (await multi.api("GET", "me")).status_code == 403  # node.http sends the token
 
 
+async def test_multi_user_token_stands_for_the_configured_default_user(
+    node_factory: Any, gateway: Any
+) -> None:
+    node = await node_factory(
+        gateway, auth_mode="multi-user", cs3_username="einstein", cs3_password="relativity"
+    )
+    me = await node.api("GET", "me")
+    assert me.status_code == 200
+    assert me.json()["identity"]["username"] == "einstein"
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{node.url}api/me")).status_code in (401, 403)
+        await node.login(http, "marie", "radioactivity")
+        marie = await http.get(f"{node.url}api/me")
+        assert marie.json()["identity"]["username"] == "marie"
+
+
 async def test_contents_without_a_session_is_401_in_multi_user_mode(multi: Node) -> None:
     """Outside a request (no session in the context) there is no fallback user."""
     with pytest.raises(HTTPError) as caught:

@@ -1,0 +1,224 @@
+"""``mesh-collab demo``: two ScienceMesh sites on one machine.
+
+Each site is an embedded CS3 gateway plus a JupyterLab node (a ``jupyter lab`` process with
+the mesh_collab extension, in multi-user mode: log in with a CS3 user). Site A holds a sample
+notebook in einstein's home, shared with marie on site A (a local share) and with marie at
+site B (an OCM share, already accepted).
+
+It prints, for people, the addresses and logins, and for scripts one JSON line::
+
+    {"sites": [{"site": "site-a", "url": "http://127.0.0.1:PORT/", "token": "...",
+                "user": "einstein", "notebook": "welcome.ipynb"}, {"site": "site-b", ...}]}
+
+where ``url`` + ``token`` reach that site's Jupyter server APIs as ``user``, and
+``notebook`` is the shared notebook's path in that user's view of the contents.
+Ctrl-C (or SIGTERM) stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from mesh_collab import errors
+from mesh_collab.cs3.client import CS3Client
+from mesh_collab.cs3.gateway import EmbeddedGateway
+from mesh_collab.cs3.models import Role, UserId
+from mesh_collab.jupyter.fileids import SHARED_FOLDER
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK = "welcome.ipynb"
+PASSWORDS = {"einstein": "relativity", "marie": "radioactivity", "richard": "superfluidity"}
+
+
+@dataclass
+class SiteSpec:
+    """One demo site: its name, its node's default user, and fixed ports (0: free ones)."""
+
+    name: str
+    user: str
+    grpc_port: int = 0
+    data_port: int = 0
+    lab_port: int = 0
+
+
+@dataclass
+class RunningSite:
+    spec: SiteSpec
+    gateway: EmbeddedGateway
+    url: str
+    token: str
+    notebook: str = ""
+
+    def line(self) -> dict[str, str]:
+        return {
+            "site": self.spec.name,
+            "url": self.url,
+            "token": self.token,
+            "user": self.spec.user,
+            "notebook": self.notebook,
+        }
+
+
+@asynccontextmanager
+async def jupyter_lab(
+    spec: SiteSpec, gateway: EmbeddedGateway, root: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """Run ``jupyter lab`` for one site until the context exits; yield (url, token)."""
+    token = secrets.token_hex(16)
+    runtime = root / "runtime"
+    for sub in ("runtime", "config", "data", "lab-root"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(runtime),
+        "JUPYTER_CONFIG_DIR": str(root / "config"),
+        "MESH_COLLAB_CS3_PASSWORD": PASSWORDS[spec.user],
+    }
+    args = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={spec.lab_port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root / 'lab-root'}",
+        f"--IdentityProvider.token={token}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--MeshCollabApp.site={spec.name}",
+        f"--MeshCollabApp.gateway={gateway.grpc_address}",
+        "--MeshCollabApp.auth_mode=multi-user",
+        f"--MeshCollabApp.cs3_username={spec.user}",
+        f"--MeshCollabApp.data_dir={root / 'node'}",
+    ]
+    log_file = (root / "jupyter.log").open("wb")
+    process = await anyio.open_process(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        url = await _announced_url(runtime, process, root / "jupyter.log")
+        yield url, token
+    finally:
+        process.terminate()
+        with anyio.move_on_after(20, shield=True):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        log_file.close()
+
+
+async def _announced_url(runtime: Path, process: Any, log_path: Path) -> str:
+    """The URL a starting Jupyter server writes into its runtime file, once it answers."""
+    with anyio.fail_after(120):
+        while True:
+            for found in runtime.glob("jpserver-*.json"):  # noqa: ASYNC240 - a tiny local file
+                text = found.read_text()
+                if text:
+                    url = f"http://127.0.0.1:{json.loads(text)['port']}/"
+                    async with httpx.AsyncClient(timeout=5) as http:
+                        try:
+                            if (await http.get(f"{url}api")).status_code == 200:
+                                return url
+                        except httpx.TransportError:
+                            pass  # not listening yet
+            if process.returncode is not None:
+                raise RuntimeError(f"jupyter lab exited; see {log_path}")
+            # A starting process gives no event to wait on: poll, under the deadline.
+            await anyio.sleep(0.2)
+
+
+async def seed(sites: list[RunningSite]) -> None:
+    """Put the sample notebook into einstein's home at site A and share it."""
+    a = sites[0]
+    sample = files("mesh_collab").joinpath("data", NOTEBOOK).read_bytes()
+    async with CS3Client(a.gateway.grpc_address) as cs3:
+        einstein = await cs3.login("einstein", PASSWORDS["einstein"])
+        path = f"/home/einstein/{NOTEBOOK}"
+        try:
+            info = await einstein.files.stat(path)
+        except errors.NotFound:  # first run: put the sample there
+            info = await einstein.files.write(path, sample)
+        marie = await einstein.users.by_claim("username", "marie")
+        existing = {s.grantee.opaque_id for s in await einstein.shares.list(info.id)}
+        if marie.id.opaque_id not in existing:
+            share = await einstein.shares.create(info.id, marie.id, Role.EDITOR)
+            await (await cs3.login("marie", PASSWORDS["marie"])).shares.accept(share.id)
+        a.notebook = NOTEBOOK
+        for b in sites[1:]:
+            remote = {s.grantee.idp for s in await einstein.ocm.list()}
+            if b.gateway.domain not in remote:
+                await einstein.ocm.create(
+                    info.id, UserId(idp=b.gateway.domain, opaque_id=b.spec.user), Role.EDITOR
+                )
+            async with CS3Client(b.gateway.grpc_address) as cs3_b:
+                user_b = await cs3_b.login(b.spec.user, PASSWORDS[b.spec.user])
+                for received in await user_b.ocm.received():
+                    await user_b.ocm.accept(received.id)
+            b.notebook = f"{SHARED_FOLDER}/{NOTEBOOK}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Start the sites, print where they are, and wait for Ctrl-C."""
+    base = args.port_base
+    specs = [
+        SiteSpec("site-a", "einstein", *((base, base + 1, base + 2) if base else (0, 0, 0))),
+        SiteSpec("site-b", "marie", *((base + 10, base + 11, base + 12) if base else (0, 0, 0))),
+    ]
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="mesh-collab-demo-"))
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with AsyncExitStack() as stack:
+            sites = []
+            for spec in specs:
+                gateway = await stack.enter_async_context(
+                    EmbeddedGateway(
+                        root=root / spec.name / "gateway", site=spec.name,
+                        port=spec.grpc_port, data_port=spec.data_port,
+                    )
+                )
+                sites.append(RunningSite(spec, gateway, url="", token=""))
+            await seed(sites)
+            for site in sites:
+                site.url, site.token = await stack.enter_async_context(
+                    jupyter_lab(site.spec, site.gateway, root / site.spec.name)
+                )
+            _announce(sites, root)
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                break
+    return 0
+
+
+def _announce(sites: list[RunningSite], root: Path) -> None:
+    out = sys.stdout
+    out.write("\nmesh_collab demo: two sites are running (Ctrl-C stops them)\n\n")
+    for site in sites:
+        out.write(f"  {site.spec.name}: {site.url}  (log in as einstein/relativity, "
+                  "marie/radioactivity or richard/superfluidity)\n")
+        out.write(f"           as {site.spec.user}, no login: {site.url}lab?token={site.token}\n")
+        out.write(f"           notebook: {site.notebook}\n")
+    out.write(f"\n  data and logs: {root}\n\n")
+    out.write(json.dumps({"sites": [s.line() for s in sites]}) + "\n")
+    out.flush()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``demo`` subcommand's arguments."""
+    parser.add_argument("--port-base", type=int, default=0,
+                        help="fixed ports: site A uses N..N+2, site B N+10..N+12 "
+                        "(default: free ports)")
+    parser.add_argument("--root", default=None,
+                        help="folder for the sites' storage and logs (default: a new temporary "
+                        "folder)")
