@@ -263,3 +263,25 @@ async def test_edit_runs_in_the_room_and_reaches_clients() -> None:
             )
             await until(lambda: str(a.text) == "external ", a.doc)
         tg.cancel_scope.cancel()
+
+
+async def test_compaction_keeps_the_document_and_shrinks_the_log(tmp_path: Path) -> None:
+    async with room_with_log(tmp_path) as (room, log), anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as a:
+            for i in range(50):
+                a.text += str(i % 10)
+            await until(lambda: len(str(room.doc.get("source", type=Text))) == 50, room.doc)
+            await room.flush()
+            assert await log.count("room-1") > 1
+            await room.compact("lineage-1")
+            assert await log.count("room-1") == 1
+            a.text += "!"
+            await until(lambda: str(room.doc.get("source", type=Text)).endswith("!"), room.doc)
+            await room.flush()
+            stored = await log.load("room-1")
+            assert stored is not None and stored.lineage == "lineage-1"
+            replay = Doc()
+            for update in stored.updates:
+                replay.apply_update(update)
+            assert str(replay.get("source", type=Text)) == str(a.text)
+        tg.cancel_scope.cancel()
