@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Map
 
@@ -37,7 +37,10 @@ from mesh_collab import errors, notebook
 from mesh_collab.checkpoint import Checkpointer
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
+from mesh_collab.cs3.models import Lock
 from mesh_collab.cs3.store import CS3NotebookStore, StoredNotebook, sha256
+from mesh_collab.federation.directory import MeshDirectory, Site
+from mesh_collab.federation.link import PeerLink
 from mesh_collab.origins import Origin, StorageOrigin
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Room
@@ -48,6 +51,35 @@ APP_NAME = "mesh_collab"
 SAVED = StorageOrigin("saved")
 #: Compact the local log after a checkpoint once this many updates accumulated.
 COMPACT_EVERY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """How this node reaches other nodes: the mesh directory and our own site's entry."""
+
+    site: str
+    node_url: str
+    directory_source: Callable[[], MeshDirectory]
+
+    @property
+    def directory(self) -> MeshDirectory:
+        """The mesh directory (read again each time: it may come from a file)."""
+        return self.directory_source()
+
+    @property
+    def local(self) -> Site:
+        """Our own site's entry (its secret is what we present to other nodes)."""
+        return self.directory.site(self.site) or Site(self.site, self.node_url)
+
+    def node_of(self, lock_id: str) -> str:
+        """The URL of the mesh_collab node a lock id names ("" if it names none).
+
+        Lock ids read ``mesh_collab:<site>:<node url>:<epoch>``.
+        """
+        app, _, rest = lock_id.partition(":")
+        site, _, rest = rest.partition(":")
+        node, _, _epoch = rest.rpartition(":")
+        return node if app == APP_NAME and site and node.startswith("http") else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +94,8 @@ class RoomSettings:
     poll_interval: float = 5.0
     max_message_size: int = 16 * 2**20
     max_notebook_size: int = 64 * 2**20
+    #: How long a replica of another site's notebook waits for its first sync.
+    link_timeout: float = 15.0
 
 
 class NotebookRoom(anyio.AsyncContextManagerMixin):
@@ -81,9 +115,15 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         updatelog: UpdateLog,
         settings: RoomSettings,
         epoch: int = 0,
+        federation: Federation | None = None,
+        home: Site | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.resource_id = resource_id
+        self.federation = federation
+        #: The site that owns the notebook when it is not ours (an OCM share): we never
+        #: write it, we link to that site's node.
+        self.home = home
         self.name = f"json:notebook:{resource_id}"
         self.updatelog = updatelog
         self.settings = settings
@@ -103,6 +143,9 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._lock_state = "none"
         self._holder = ""
         self._lease_wanted = anyio.Event()
+        self._link: PeerLink | None = None
+        self._link_scope: anyio.CancelScope | None = None
+        self._tg: TaskGroup | None = None
         self.checkpointer = Checkpointer(
             self._checkpoint,
             quiet_period=settings.quiet_period,
@@ -137,6 +180,10 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[NotebookRoom]:
+        if self.home is not None:
+            async with self._remote() as nb:
+                yield nb
+            return
         doc, pending_merge = await self._load()
         async with Room(
             self.name,
@@ -151,6 +198,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                 await self._merge(pending_merge)
             self._publish()
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self.checkpointer.run)
                 tg.start_soon(self._hold_lock)
                 tg.start_soon(self._watch_file)
@@ -161,6 +209,82 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                         await room.flush()
                         await self.checkpointer.flush()
                     tg.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def _remote(self) -> AsyncGenerator[NotebookRoom]:
+        """A notebook another site owns: serve it from our replica, linked to its home node.
+
+        The home node holds the lock and checkpoints; this node never writes the file. With
+        the home unreachable, users keep editing here and the link merges on its return.
+        """
+        assert self.home is not None
+        if self.federation is None:
+            raise errors.Unimplemented("no mesh directory to reach the notebook's home site")
+        logged = await self.updatelog.load(self.name)
+        doc = Doc()
+        if logged is not None:
+            for update in logged.updates:
+                doc.apply_update(update)
+            self.lineage = logged.lineage
+        async with Room(
+            self.name,
+            doc=doc,
+            updatelog=self.updatelog,
+            max_message_size=self.settings.max_message_size,
+            log=self.log,
+        ) as room:
+            self.room = room
+            self._lock_state = "remote"
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                link = self._ensure_link(self.home.url, self.home)
+                with anyio.move_on_after(self.settings.link_timeout):
+                    await link.synced.wait()
+                if not link.synced.is_set() and logged is None:
+                    tg.cancel_scope.cancel()
+                    raise errors.StorageUnavailable(
+                        "the notebook's home site is unreachable", op="link", ref=self.name
+                    )
+                if logged is None:
+                    self.lineage = link.lineage
+                    await self.updatelog.reset(self.name, self.lineage, room.doc.get_update())
+                try:
+                    yield self
+                finally:
+                    with anyio.move_on_after(5, shield=True):
+                        await room.flush()
+                    tg.cancel_scope.cancel()
+
+    def _ensure_link(self, url: str, site: Site) -> PeerLink:
+        """Keep a link to ``url`` running (replacing a link to another node)."""
+        assert self.federation is not None and self._tg is not None
+        if self._link is not None and self._link.url.startswith(
+            url.replace("http", "ws", 1).rstrip("/")
+        ):
+            return self._link
+        self._stop_link()
+        link = PeerLink(
+            self.room, self.resource_id, remote=site, local=self.federation.local,
+            remote_url=url, node_url=self.federation.node_url,
+            on_state=self._on_link_state, log=self.log,
+        )
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await link.run()
+
+        self._link, self._link_scope = link, scope
+        self._tg.start_soon(run)
+        return link
+
+    def _stop_link(self) -> None:
+        if self._link_scope is not None:
+            self._link_scope.cancel()
+        self._link, self._link_scope = None, None
+
+    def _on_link_state(self, state: str) -> None:
+        self._publish()
 
     def _on_updates(self, updates: list[tuple[bytes, Origin | None]]) -> None:
         # Clearing the frontend's "dirty" flag after a save is not a change to save.
@@ -197,9 +321,15 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             self.lineage = stored.lineage
             self.log.info("room loaded from the checkpointed crdt state room=%s", self.name)
             return doc
+        # Deterministic: every node that builds a history from these same bytes builds the
+        # same items (client id 0, content-derived cell ids) and the same lineage id, so two
+        # nodes that both had to start from the file still merge without duplicates. Edits
+        # then go through a document with its own random client id.
+        seed = Doc(client_id=0)
+        notebook.load(YNotebook(ydoc=seed), stored.notebook)
         doc = Doc()
-        notebook.load(YNotebook(ydoc=doc), stored.notebook)
-        self.lineage = uuid.uuid4().hex
+        doc.apply_update(seed.get_update())
+        self.lineage = f"file-{stored.sha256[:32]}"
         self.log.info("room loaded from the notebook file (new lineage) room=%s", self.name)
         return doc
 
@@ -230,18 +360,27 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
     # --- lock --------------------------------------------------------------------------------
 
     def _publish(self) -> None:
+        link = self._link.state if self._link is not None else ""
         self.room.set_status(
             lock=self._lock_state,
             holder=self._holder,
-            editable=self.editable,
+            editable=self.room.accept_edits,
             checkpoint=self.checkpointer.last_saved,
             site=self.settings.site,
+            primary=(self.home.name if self.home else self._holder)
+            if self._lock_state in ("remote", "linked") else self.settings.site,
+            link=link,
+            # "offline, changes will merge": edits stay here until the link is back.
+            offline=bool(self._link is not None and link != "online"),
         )
 
     def _set_lock_state(self, state: str, holder: str = "") -> None:
         self._lock_state, self._holder = state, holder
         self.checkpointer.set_enabled(state == "held")
-        self.room.accept_edits = state in ("held", "none")
+        # Linked to another node of the mesh (it holds the lock): edit here, it writes.
+        self.room.accept_edits = state in ("held", "none", "linked")
+        if state != "linked":
+            self._stop_link()
         self._publish()
 
     async def _hold_lock(self) -> None:
@@ -269,10 +408,22 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                     self._set_lock_state("lost")
                     self._lease = None
             except errors.LockConflict:
-                holder = await self._holder_of(session)
-                if self._lock_state != "other" or holder != self._holder:
-                    self.log.info("file locked by another holder room=%s", self.name)
-                    self._set_lock_state("other", holder)
+                lock = await self._current_lock(session)
+                node = self.federation.node_of(lock.lock_id) if (
+                    self.federation and lock is not None and lock.app_name == APP_NAME
+                ) else ""
+                if node and node.rstrip("/") != self.federation.node_url.rstrip("/"):
+                    # Another mesh_collab node of this site is the primary: link to it, and
+                    # take over if its lock expires (it is gone).
+                    self._ensure_link(node, self.federation.local)
+                    if self._lock_state != "linked" or self._holder != node:
+                        self.log.info("linking to the primary room=%s node=%s", self.name, node)
+                        self._set_lock_state("linked", node)
+                else:
+                    holder = _holder_name(lock)
+                    if self._lock_state != "other" or holder != self._holder:
+                        self.log.info("file locked by another holder room=%s", self.name)
+                        self._set_lock_state("other", holder)
             except errors.PermissionDenied:
                 # This user may not lock (a viewer): wait for a user with write access.
                 self._writer = None
@@ -284,14 +435,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                 await self._lease_wanted.wait()
             self._lease_wanted = anyio.Event()
 
-    async def _holder_of(self, session: Session) -> str:
+    async def _current_lock(self, session: Session) -> Lock | None:
         try:
-            lock = await session.locks.get(self.resource_id)
+            return await session.locks.get(self.resource_id)
         except errors.StorageError:
-            return ""
-        if lock is None:
-            return ""
-        return lock.app_name or (lock.user.opaque_id if lock.user else "") or "unknown"
+            return None
 
     async def _catch_up(self) -> None:
         """After (re)taking the lock: merge what others wrote meanwhile, then save soon."""
@@ -373,3 +521,10 @@ def _mark_saved(doc: Doc) -> None:
     state = doc.get("state", type=Map)
     if state.get("dirty") is not False:
         state["dirty"] = False
+
+
+def _holder_name(lock: Lock | None) -> str:
+    """Who holds a lock, for people: the application, else the user."""
+    if lock is None:
+        return ""
+    return lock.app_name or (lock.user.opaque_id if lock.user else "") or "unknown"

@@ -33,6 +33,8 @@ class Kind(enum.IntEnum):
     UPDATE = 2
     AWARENESS = 10
     QUERY_AWARENESS = 13
+    #: mesh_collab's own control message between nodes (JSON): never from browsers.
+    CONTROL = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,31 @@ def parse(message: bytes) -> Frame:
         return Frame(Kind.AWARENESS, payload)
     if msg_type == 3:
         return Frame(Kind.QUERY_AWARENESS, b"")
+    if msg_type == Kind.CONTROL:
+        payload = reader.bytes()
+        reader.end()
+        return Frame(Kind.CONTROL, payload)
     raise ProtocolError(f"unknown message type {msg_type}")
+
+
+def control(message: dict[str, Any]) -> bytes:
+    """A control frame (between nodes) carrying ``message`` as JSON."""
+    return uint(Kind.CONTROL) + _prefixed(json.dumps(message, separators=(",", ":")).encode())
+
+
+def decode_control(payload: bytes) -> dict[str, Any]:
+    """Decode a control frame's payload.
+
+    Raises:
+        ProtocolError: not a JSON object with a string ``type``.
+    """
+    try:
+        message = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("control message is not JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("control message without a type")
+    return message
 
 
 def sync_step1(state_vector: bytes) -> bytes:

@@ -72,9 +72,26 @@ class Identity:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What makes a connection a link to another node rather than a browser.
+
+    Attributes:
+        site: the other node's site; every presence it relays is stamped with it.
+        can_write: whether an update made by this user of the other site may be applied
+            (the node checks the notebook is shared with them as editor).
+        may_sync: whether the other node's bulk resync (sync step 2, not attributed to one
+            user) may be applied: true when some user of that site may edit.
+    """
+
+    site: str
+    can_write: Callable[[str], bool] = lambda user: True
+    may_sync: bool = True
+
+
 @dataclass(eq=False)
 class Connection:
-    """One client of a room."""
+    """One client of a room (a browser, or a link to another node when ``peer`` is set)."""
 
     channel: Channel
     identity: Identity
@@ -86,6 +103,18 @@ class Connection:
     close_reason: str = ""
     refused_updates: int = 0
     scope: anyio.CancelScope | None = None
+    peer: Peer | None = None
+    #: The user the other node says made the updates it sends next (peers only).
+    author: str = ""
+    #: The author we last announced to this peer.
+    announced: str = ""
+    #: Set once the other side answered our sync request (its sync step 2 was processed).
+    synced: anyio.Event | None = None
+
+    @property
+    def author_name(self) -> str:
+        """Who makes the updates arriving on this connection."""
+        return self.author if self.peer is not None else self.identity.username
 
     @property
     def origin(self) -> ClientOrigin:
@@ -102,6 +131,17 @@ class Connection:
         self.outbox.close()
         if self.scope is not None:
             self.scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    """A message to send after the commit: to ``target``, or to all but ``exclude``."""
+
+    message: bytes
+    target: Connection | None = None
+    exclude: Connection | None = None
+    author: str = ""
+    local_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +224,7 @@ class Room(anyio.AsyncContextManagerMixin):
         self._inbox_send, self._inbox = anyio.create_memory_object_stream[Any](1024)
         self._origin: Origin | None = None
         self._pending_updates: list[tuple[bytes, Origin | None]] = []
-        self._outgoing: list[tuple[Connection | None, bytes, Connection | None]] = []
+        self._outgoing: list[_Out] = []
         self._tainted = False
         self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
         self.closing = False
@@ -232,7 +272,7 @@ class Room(anyio.AsyncContextManagerMixin):
         """
         self._status.update(fields)
         self._status_clock += 1
-        self._broadcast(None, self._status_frame())
+        self._broadcast_status()
         self._wake()
 
     def _wake(self) -> None:
@@ -265,17 +305,27 @@ class Room(anyio.AsyncContextManagerMixin):
             raise edit.error
         return edit.result
 
-    async def serve(self, channel: Channel, identity: Identity, *, writable: bool = True) -> None:
+    async def serve(
+        self,
+        channel: Channel,
+        identity: Identity,
+        *,
+        writable: bool = True,
+        peer: Peer | None = None,
+        synced: anyio.Event | None = None,
+    ) -> None:
         """Serve one client until its channel closes (or the room closes it).
 
         A viewer (``writable=False``) receives everything but its document updates are
-        dropped: they never reach the document, the log, storage or anyone else.
+        dropped: they never reach the document, the log, storage or anyone else. With
+        ``peer``, the channel is a link to another node (see :class:`Peer`). ``synced`` is
+        set once the other side's answer to our first sync request has been processed.
         """
         if self.closing:
             await channel.close(CloseCode.GOING_AWAY, "room closing")
             return
         outbox_send, outbox = anyio.create_memory_object_stream[bytes](self.outbox_size)
-        conn = Connection(channel, identity, writable, outbox_send)
+        conn = Connection(channel, identity, writable, outbox_send, peer=peer, synced=synced)
         try:
             async with anyio.create_task_group() as tg:
                 conn.scope = tg.cancel_scope
@@ -428,20 +478,31 @@ class Room(anyio.AsyncContextManagerMixin):
         self._batches += 1
         self._updates += len(updates)
         outgoing, self._outgoing = self._outgoing, []
-        for target, message, exclude in outgoing:
-            targets = [target] if target is not None else list(self._connections.values())
-            for conn in targets:
-                if conn is exclude or conn.close_code is not None:
+        for out in outgoing:
+            targets = [out.target] if out.target is not None else self._connections.values()
+            for conn in list(targets):
+                if conn is out.exclude or conn.close_code is not None:
                     continue
-                try:
-                    conn.outbox.send_nowait(message)
-                except anyio.WouldBlock:
-                    conn.kill(CloseCode.TOO_SLOW, "client too slow")
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    pass  # the connection is ending
+                if conn.peer is not None:
+                    if out.local_only:
+                        continue
+                    if out.author and out.author != conn.announced:
+                        # Tell the other node whose edit follows: it checks that user's rights.
+                        conn.announced = out.author
+                        announce = {"type": "author", "user": out.author}
+                        self._deliver(conn, protocol.control(announce))
+                self._deliver(conn, out.message)
         if updates:
             for listener in list(self._listeners):
                 listener(updates)
+
+    def _deliver(self, conn: Connection, message: bytes) -> None:
+        try:
+            conn.outbox.send_nowait(message)
+        except anyio.WouldBlock:
+            conn.kill(CloseCode.TOO_SLOW, "client too slow")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the connection is ending
 
     # --- document sync ---------------------------------------------------------------------
 
@@ -452,15 +513,17 @@ class Room(anyio.AsyncContextManagerMixin):
         origin = self._origin
         self._pending_updates.append((update, origin))
         exclude = None
+        author = ""
         if isinstance(origin, ClientOrigin):
             exclude = self._connections.get(origin.connection)
-        self._broadcast(exclude, protocol.update(update))
+            author = exclude.author_name if exclude is not None else ""
+        self._outgoing.append(_Out(protocol.update(update), exclude=exclude, author=author))
 
     def _broadcast(self, exclude: Connection | None, message: bytes) -> None:
-        self._outgoing.append((None, message, exclude))
+        self._outgoing.append(_Out(message, exclude=exclude))
 
     def _send(self, conn: Connection, message: bytes) -> None:
-        self._outgoing.append((conn, message, None))
+        self._outgoing.append(_Out(message, target=conn))
 
     def _handle_frame(self, conn: Connection, frame: protocol.Frame) -> None:
         kind = frame.kind
@@ -471,14 +534,31 @@ class Room(anyio.AsyncContextManagerMixin):
                 raise ProtocolError("bad state vector") from exc
             self._send(conn, protocol.sync_step2(missing))
         elif kind in (protocol.Kind.SYNC_STEP2, protocol.Kind.UPDATE):
-            if not (conn.writable and self.accept_edits):
+            if kind is protocol.Kind.SYNC_STEP2 and conn.synced is not None:
+                conn.synced.set()
+            if not (conn.writable and self.accept_edits and self._peer_allows(conn, kind)):
                 conn.refused_updates += 1
                 return
             self._apply(conn, frame.payload)
         elif kind is protocol.Kind.AWARENESS:
             self._awareness_update(conn, protocol.decode_awareness(frame.payload))
         elif kind is protocol.Kind.QUERY_AWARENESS:
-            self._send(conn, self._all_awareness())
+            self._send(conn, self._all_awareness(for_peer=conn.peer is not None))
+        elif kind is protocol.Kind.CONTROL:
+            if conn.peer is None:
+                raise ProtocolError("control messages are for node links only")
+            message = protocol.decode_control(frame.payload)
+            if message["type"] == "author":
+                conn.author = str(message.get("user", ""))[:256]
+
+    @staticmethod
+    def _peer_allows(conn: Connection, kind: protocol.Kind) -> bool:
+        """A link's update is applied only if its author may edit (checked on this node)."""
+        if conn.peer is None:
+            return True
+        if kind is protocol.Kind.UPDATE and conn.author:
+            return conn.peer.can_write(conn.author)
+        return conn.peer.may_sync
 
     def _apply(self, conn: Connection, update: bytes) -> None:
         self._origin = conn.origin
@@ -515,14 +595,18 @@ class Room(anyio.AsyncContextManagerMixin):
     def _status_frame(self) -> bytes:
         return protocol.encode_awareness(self._status_entries())
 
-    def _all_awareness(self) -> bytes:
+    def _broadcast_status(self) -> None:
+        # The node's own state is for its own clients: another node has its own.
+        self._outgoing.append(_Out(self._status_frame(), local_only=True))
+
+    def _all_awareness(self, *, for_peer: bool = False) -> bytes:
         entries = [
             protocol.AwarenessEntry(cid, clock, state)
             for cid, (clock, state) in self._awareness.items()
         ]
-        return protocol.encode_awareness(entries) if not self._status else (
-            protocol.encode_awareness([*entries, *self._status_entries()])
-        )
+        if self._status and not for_peer:
+            entries.extend(self._status_entries())
+        return protocol.encode_awareness(entries)
 
     def _join(self, conn: Connection) -> None:
         if self.closing:
@@ -532,7 +616,7 @@ class Room(anyio.AsyncContextManagerMixin):
         # Ask for what the client has and we lack (its offline edits), and give it every
         # collaborator's presence at once rather than at their next heartbeat.
         self._send(conn, protocol.sync_step1(self._doc.get_state()))
-        self._send(conn, self._all_awareness())
+        self._send(conn, self._all_awareness(for_peer=conn.peer is not None))
         self.empty = anyio.Event()
 
     def _leave(self, conn: Connection) -> None:
@@ -564,8 +648,14 @@ class Room(anyio.AsyncContextManagerMixin):
                 continue
             state = dict(entry.state)
             claimed = state.get("user")
-            color = claimed.get("color") if isinstance(claimed, dict) else None
-            state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)
+            if conn.peer is not None:
+                # The other node stamped its users; it may not speak for another site.
+                if not isinstance(claimed, dict):
+                    continue
+                state["user"] = {**claimed, "site": conn.peer.site}
+            else:
+                color = claimed.get("color") if isinstance(claimed, dict) else None
+                state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)
             self._awareness[entry.client_id] = (entry.clock, state)
             self._owner[entry.client_id] = conn.id
             conn.awareness_ids.add(entry.client_id)

@@ -22,12 +22,15 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from mesh_collab import protocol
 from mesh_collab.channel import Channel
 from mesh_collab.cs3.client import Session
-from mesh_collab.documents import NotebookRoom, RoomSettings
+from mesh_collab.documents import Federation, NotebookRoom, RoomSettings
 from mesh_collab.errors import MeshCollabError, RoomClosed
+from mesh_collab.federation.directory import Site
+from mesh_collab.federation.protocol import PROTOCOL_VERSION
 from mesh_collab.resources import ResourceId
-from mesh_collab.rooms import Identity, Room
+from mesh_collab.rooms import Identity, Peer, Room
 from mesh_collab.updatelog import UpdateLog
 
 
@@ -56,8 +59,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         updatelog: UpdateLog,
         settings: RoomSettings,
         cleanup_delay: float = 60.0,
+        federation: Federation | None = None,
         log: logging.Logger | None = None,
     ) -> None:
+        self.federation = federation
         self.updatelog = updatelog
         self.settings = settings
         self.cleanup_delay = cleanup_delay
@@ -107,8 +112,13 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         """The open notebook rooms."""
         return {rid: e.room for rid, e in self._rooms.items() if e.room is not None}
 
-    async def open(self, resource_id: ResourceId, session: Session) -> NotebookRoom:
+    async def open(
+        self, resource_id: ResourceId, session: Session, *, home: Site | None = None
+    ) -> NotebookRoom:
         """Return the room of a notebook, opening it with ``session`` if needed.
+
+        ``home`` names the site that owns a notebook shared with us over OCM: the room then
+        links to that site's node instead of reading and locking the file.
 
         Raises:
             ValueError: the file is not a notebook.
@@ -121,7 +131,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 raise RoomClosed("the server is not running")
             entry = self._rooms[resource_id] = _Entry()
             try:
-                await self._tg.start(self._run_room, resource_id, session, entry)
+                await self._tg.start(self._run_room, resource_id, session, home, entry)
             except BaseException as exc:
                 entry.error = exc
                 entry.ready.set()
@@ -154,6 +164,33 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             entry.users -= 1
             entry.activity.set()
 
+    async def serve_peer(
+        self,
+        resource_id: ResourceId,
+        session: Session,
+        channel: Channel,
+        identity: Identity,
+        peer: Peer,
+    ) -> None:
+        """Serve a link from another node into a notebook's room (see federation/protocol)."""
+        nb = await self.open(resource_id, session)
+        entry = self._rooms[resource_id]
+        entry.users += 1
+        entry.activity.set()
+        try:
+            welcome = {
+                "type": "welcome",
+                "version": PROTOCOL_VERSION,
+                "site": self.settings.site,
+                "node": self.federation.node_url if self.federation else "",
+                "lineage": nb.lineage,
+            }
+            await channel.send(protocol.control(welcome))
+            await nb.room.serve(channel, identity, writable=True, peer=peer)
+        finally:
+            entry.users -= 1
+            entry.activity.set()
+
     async def serve_awareness(self, name: str, channel: Channel, identity: Identity) -> None:
         """Serve a client in an awareness-only room (nothing is stored)."""
         room = self._awareness_rooms.get(name)
@@ -176,6 +213,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         self,
         resource_id: ResourceId,
         session: Session,
+        home: Site | None,
         entry: _Entry,
         *,
         task_status: TaskStatus[None],
@@ -188,6 +226,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 updatelog=self.updatelog,
                 settings=self.settings,
                 epoch=self.epoch,
+                federation=self.federation,
+                home=home,
                 log=self.log,
             ) as nb:
                 entry.room = nb

@@ -277,14 +277,20 @@ class OCMShare:
     resource_id: ResourceId
     grantee: UserId
     name: str
+    role: Role = Role.VIEWER
 
     @classmethod
     def from_proto(cls, s: ocm_res.Share) -> OCMShare:
+        role = Role.VIEWER
+        for method in s.access_methods:
+            if method.HasField("webdav_options"):
+                role = role_of(method.webdav_options.permissions)
         return cls(
             id=s.id.opaque_id,
             resource_id=resource_id(s.resource_id),
             grantee=UserId.from_proto(s.grantee.user_id),
             name=s.name,
+            role=role,
         )
 
 

@@ -35,6 +35,7 @@ Services are entered after the CS3 client is open and left in reverse order befo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -53,6 +54,7 @@ from traitlets.config import Config
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client, Session
+from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
 from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
 
 #: The traits that hold credentials: kept out of logs, reprs and ``settings``.
-SECRET_TRAITS = frozenset({"cs3_password", "cs3_token"})
+SECRET_TRAITS = frozenset({"cs3_password", "cs3_token", "peers"})
 
 
 @dataclass(eq=False)
@@ -179,6 +181,25 @@ class MeshCollabApp(ExtensionApp):
         `mesh-collab gateway`). Default "127.0.0.1:19000", or MESH_COLLAB_GATEWAY.""",
     ).tag(config=True)
 
+    peers = Unicode(
+        "",
+        help="""The mesh directory, as JSON: a list of sites, each
+        {"site": name, "url": its node's URL, "domain": its CS3/OCM domain, "secret": the
+        shared secret its nodes present when linking}. Include this node's own site (its
+        secret authenticates the other nodes of the site). A notebook shared with us over OCM
+        is edited live by linking to its home site's node found here. "@/path/file.json"
+        reads the list from that file, again at every look-up (so it can be written after the
+        nodes started). Default "" (no federation), or MESH_COLLAB_PEERS. The secrets are
+        never logged.""",
+    ).tag(config=True)
+
+    node_url = Unicode(
+        "",
+        help="""The URL other nodes reach this node at (it names the node in the Reva lock id,
+        so that the other nodes of the site link to the primary). Default "": this server's
+        own http://ip:port/base_url/.""",
+    ).tag(config=True)
+
     home_template = Unicode(
         DEFAULT_HOME_TEMPLATE,
         help="""CS3 path of a user's home, with {username}; the Jupyter root "/" is this
@@ -276,6 +297,38 @@ class MeshCollabApp(ExtensionApp):
     @default("site")
     def _default_site(self) -> str:
         return _env(self.site_env, "site-a")
+
+    @default("peers")
+    def _default_peers(self) -> str:
+        return _env("MESH_COLLAB_PEERS", "")
+
+    @validate("peers")
+    def _validate_peers(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if value and not value.startswith("@"):
+            try:
+                entries = json.loads(value)
+                MeshDirectory.from_config(entries)
+            except (ValueError, TypeError, AttributeError) as exc:
+                # The value holds secrets: name the problem, not the value.
+                raise TraitError(
+                    f"MeshCollabApp.peers is not a valid mesh directory: {exc}"
+                ) from None
+        return value
+
+    def directory(self) -> MeshDirectory:
+        """The mesh directory of :attr:`peers` (read again from its file, if it names one).
+
+        Raises:
+            ValueError: the file is missing or not a valid directory.
+        """
+        text = self.peers
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read the mesh directory file: {exc}") from exc
+        return MeshDirectory.from_config(json.loads(text) if text else [])
 
     @default("gateway")
     def _default_gateway(self) -> str:

@@ -20,18 +20,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
 from mesh_collab import errors
 from mesh_collab.close_codes import CloseCode
-from mesh_collab.documents import RoomSettings
+from mesh_collab.cs3.models import ReceivedOCMShare, Role, ShareState
+from mesh_collab.documents import Federation, RoomSettings
+from mesh_collab.federation.directory import Site
+from mesh_collab.federation.protocol import (
+    PATH,
+    PROTOCOL_VERSION,
+    SITE_HEADER,
+    VERSION_HEADER,
+    credentials,
+)
 from mesh_collab.jupyter.fileids import resource_id_for
 from mesh_collab.jupyter.identity import MeshUser, mesh_state, session_for
 from mesh_collab.jupyter.websocket import TornadoChannel
 from mesh_collab.resources import ResourceId
-from mesh_collab.rooms import Identity
+from mesh_collab.rooms import Identity, Peer
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
 
@@ -47,6 +57,7 @@ def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
     return [
         (r"/api/collaboration/session/(.*)", SessionHandler, {}),
         (r"/api/collaboration/room/(.*)", RoomHandler, {}),
+        (PATH.rstrip("/") + r"/(.*)", FederationHandler, {}),
     ]
 
 
@@ -54,9 +65,11 @@ def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
 async def room_service(state: Any) -> AsyncIterator[CollabServer]:
     """The node's update log and room server, for the life of the Jupyter server."""
     config = state.config
+    node_url = config.node_url or config.serverapp.connection_url
+    federation = Federation(site=config.site, node_url=node_url, directory_source=config.directory)
     settings = RoomSettings(
         site=config.site,
-        node_id=config.node_id if hasattr(config, "node_id") else "node",
+        node_id=node_url,
         lock_expiry=config.lock_expiry,
         quiet_period=config.checkpoint_quiet_period,
         max_interval=config.checkpoint_max_interval,
@@ -69,6 +82,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         updatelog=updatelog,
         settings=settings,
         cleanup_delay=config.document_cleanup_delay,
+        federation=federation,
         log=config.log,
     ) as server:
         state.server = server
@@ -87,6 +101,59 @@ def identity_of(user: MeshUser) -> Identity:
         user_id=user.cs3_user_id,
         color=user.color or "",
     )
+
+
+async def _ocm_share(session: Any, rid: ResourceId) -> ReceivedOCMShare | None:
+    """The accepted OCM share through which ``rid`` (another site's resource) reaches us."""
+    for share in await session.ocm.received():
+        if share.remote_resource_id == rid and share.state is ShareState.ACCEPTED:
+            return share  # type: ignore[no-any-return]
+    return None
+
+
+async def home_of(state: Any, session: Any, rid: ResourceId) -> Site | None:
+    """The site that owns ``rid`` when it came to us over OCM, else None (it is ours).
+
+    Raises:
+        HTTPError: 502 when the owner's site is not in the mesh directory.
+    """
+    try:
+        await session.files.stat(rid)
+        return None
+    except errors.NotFound:
+        pass
+    share = await _ocm_share(session, rid)
+    if share is None:
+        return None
+    directory = state.config.directory()
+    site = directory.site(share.opaque.get("owner_site", "")) or directory.by_domain(
+        share.owner.idp
+    )
+    if site is None:
+        raise web.HTTPError(502, f"the owner's site {share.owner.idp!r} is not in the mesh")
+    return site  # type: ignore[no-any-return]
+
+
+async def _remote_writable(session: Any, rid: ResourceId) -> bool:
+    share = await _ocm_share(session, rid)
+    return share is not None and share.role is Role.EDITOR
+
+
+async def access_check(session: Any, rid: ResourceId) -> tuple[int | None, str, bool]:
+    """Whether the user may join: (close code or None, reason, writable)."""
+    try:
+        info = await session.files.stat(rid)
+    except errors.NotFound:
+        return CloseCode.NOT_FOUND, "no such notebook", False
+    except errors.PermissionDenied:
+        return CloseCode.FORBIDDEN, "no read access", False
+    except errors.Unauthenticated:
+        return CloseCode.UNAUTHORIZED, "CS3 session expired", False
+    except errors.StorageError:
+        return CloseCode.LOAD_FAILED, "storage unavailable", False
+    if info.is_dir:
+        return CloseCode.UNSUPPORTED_DOCUMENT, "a folder is not a notebook", False
+    return None, "", info.writable
 
 
 def _parse_room(room_id: str) -> ResourceId | None:
@@ -117,7 +184,7 @@ class SessionHandler(APIHandler):
             )
         try:
             rid = await resource_id_for(session, path)
-            room = await state.server.open(rid, session)
+            room = await state.server.open(rid, session, home=await home_of(state, session, rid))
         except errors.NotFound as exc:
             raise web.HTTPError(404, f"no such notebook: {path!r}") from exc
         except errors.PermissionDenied as exc:
@@ -163,12 +230,16 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if rid is None:
             await self.channel.close(CloseCode.BAD_REQUEST, "unsupported room id")
             return
-        code, reason, writable = await self._check(session, rid)
+        home = await home_of(state, session, rid)
+        if home is None:
+            code, reason, writable = await access_check(session, rid)
+        else:
+            code, reason, writable = None, "", await _remote_writable(session, rid)
         if code is not None:
             await self.channel.close(code, reason)
             return
         try:
-            room = await server.open(rid, session)
+            room = await server.open(rid, session, home=home)
         except ValueError as exc:
             await self.channel.close(CloseCode.UNSUPPORTED_DOCUMENT, str(exc)[:120])
             return
@@ -188,22 +259,6 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             )
         )
 
-    async def _check(self, session: Any, rid: ResourceId) -> tuple[int | None, str, bool]:
-        """Whether the user may join: (close code or None, reason, writable)."""
-        try:
-            info = await session.files.stat(rid)
-        except errors.NotFound:
-            return CloseCode.NOT_FOUND, "no such notebook", False
-        except errors.PermissionDenied:
-            return CloseCode.FORBIDDEN, "no read access", False
-        except errors.Unauthenticated:
-            return CloseCode.UNAUTHORIZED, "CS3 session expired", False
-        except errors.StorageError:
-            return CloseCode.LOAD_FAILED, "storage unavailable", False
-        if info.is_dir:
-            return CloseCode.UNSUPPORTED_DOCUMENT, "a folder is not a notebook", False
-        return None, "", info.writable
-
     async def on_message(self, message: bytes | str) -> None:  # type: ignore[override]
         if self.channel is not None:
             await self.channel.deliver(message)
@@ -215,3 +270,93 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
     def check_origin(self, origin: str) -> bool:
         # jupyter_server's own origin policy (allow_origin, allow_origin_pat, same host).
         return bool(JupyterHandler.check_origin(self, origin))
+
+
+class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """``/mesh/federation/v1/rooms/<resource id>``: another node links to one of our rooms.
+
+    Peers authenticate with their site's shared secret (federation/protocol.py); browsers'
+    Jupyter credentials play no part here. The close codes: 4401 unknown site or wrong
+    secret, 4426 another protocol version, 4400 a bad room id, 4403 the notebook is not
+    shared with that site (or no local user may open it), 4404 no such notebook.
+    """
+
+    channel: TornadoChannel | None = None
+
+    @allow_unauthenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        await super().get(*args, **kwargs)
+
+    def check_xsrf_cookie(self) -> None:
+        return  # not a browser: peers authenticate with their own header
+
+    async def open(self, room_id: str) -> None:  # type: ignore[override]
+        state = mesh_state(self)
+        self.channel = TornadoChannel(self, f"peer:{room_id}")
+        site_name = self.request.headers.get(SITE_HEADER, "")
+        version = self.request.headers.get(VERSION_HEADER, "")
+        secret = credentials(self.request.headers.get("Authorization", ""))
+        try:
+            directory = state.config.directory()
+        except ValueError:
+            directory = None
+        site = directory.authenticate(site_name, secret) if directory is not None else None
+        if site is None:
+            log.warning("link refused: unknown site or wrong secret site=%r", site_name[:64])
+            await self.channel.close(CloseCode.UNAUTHORIZED, "unknown site or wrong secret")
+            return
+        if version != str(PROTOCOL_VERSION):
+            await self.channel.close(CloseCode.PROTOCOL_VERSION, f"speaks {PROTOCOL_VERSION}")
+            return
+        rid = _parse_room(NOTEBOOK_PREFIX + room_id)
+        if rid is None:
+            await self.channel.close(CloseCode.BAD_REQUEST, "bad resource id")
+            return
+        await state.wait_ready()
+        session = state.sessions.default
+        if session is None:
+            await self.channel.close(CloseCode.FORBIDDEN, "no local user can open it")
+            return
+        code, reason, _ = await access_check(session, rid)
+        if code is not None:
+            await self.channel.close(code, reason)
+            return
+        peer = await _peer_rights(state, session, rid, site)
+        if peer is None:
+            await self.channel.close(CloseCode.FORBIDDEN, "not shared with that site")
+            return
+        identity = Identity(username=f"node:{site.name}", site=site.name)
+        server: CollabServer = state.server
+        log.info("link accepted room=%s site=%s", rid, site.name)
+        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer)
+
+    async def on_message(self, message: bytes | str) -> None:  # type: ignore[override]
+        if self.channel is not None:
+            await self.channel.deliver(message)
+
+    def on_close(self) -> None:
+        if self.channel is not None:
+            self.channel.mark_closed()
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # nodes are not browsers; the shared secret authenticates them
+
+
+async def _peer_rights(state: Any, session: Any, rid: ResourceId, site: Site) -> Peer | None:
+    """What a linking site's users may do in a room: the home node enforces it.
+
+    A node of our own site shares our gateway and enforces its users' rights itself. A node
+    of another site: each of its users may edit only if the notebook is OCM-shared with them
+    as editor (their updates are announced with their name, see federation/protocol.py).
+    """
+    if site.name == state.config.site:
+        return Peer(site=site.name)
+    editors: set[str] = set()
+    viewers: set[str] = set()
+    for share in await session.ocm.list():
+        if share.resource_id != rid or not site.domain or share.grantee.idp != site.domain:
+            continue
+        (editors if share.role is Role.EDITOR else viewers).add(share.grantee.opaque_id)
+    if not editors and not viewers:
+        return None
+    return Peer(site=site.name, can_write=editors.__contains__, may_sync=bool(editors))

@@ -1,0 +1,1 @@
+"""Federation: rooms of one notebook on several nodes (sites), linked into one live room."""

@@ -1,0 +1,195 @@
+"""PeerLink: keep a local room linked to the same room on another node.
+
+The link is a websocket to the other node (``federation/protocol.py``), served into the local
+room as a :class:`~mesh_collab.rooms.Peer` connection: the local room relays its users' edits
+and presence to the other node and applies what comes back, exactly as for a browser, but
+with the other site's presence left as that site stamped it. When the link drops, the local
+room keeps serving its users ("offline, changes will merge"); the link reconnects with
+exponential backoff, and on reconnection both rooms resync by state vector, so only what
+either side missed travels, once.
+
+Usage::
+
+    link = PeerLink(room, url, remote_site="site-a", local=local_site)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run)
+        await link.synced.wait()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+
+from mesh_collab import protocol
+from mesh_collab.channel import ChannelClosed, MemoryChannel, memory_channel_pair
+from mesh_collab.close_codes import CloseCode
+from mesh_collab.errors import ProtocolError
+from mesh_collab.federation.directory import Site
+from mesh_collab.federation.protocol import (
+    AUTH_SCHEME,
+    NODE_HEADER,
+    PATH,
+    PROTOCOL_VERSION,
+    SITE_HEADER,
+    VERSION_HEADER,
+)
+from mesh_collab.resources import ResourceId
+from mesh_collab.rooms import Identity, Peer, Room
+
+#: Close codes after which retrying with the same configuration cannot help.
+REFUSED = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.PROTOCOL_VERSION})
+
+
+def room_url(node_url: str, resource_id: ResourceId) -> str:
+    """The federation websocket URL of a room on a node."""
+    base = node_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    return f"{base.rstrip('/')}{PATH}{quote(str(resource_id), safe='$!')}"
+
+
+class PeerLink:
+    """One node-to-node link of one room, reconnecting until cancelled.
+
+    Args:
+        room: the local room.
+        resource_id: the notebook (the room key, the same on both nodes).
+        remote: the other site (its node URL).
+        local: our own site (name and the secret we present).
+        node_url: our node's URL (sent for logs and same-site primaries).
+        on_state: called with "online", "offline" or "refused" when the link changes.
+    """
+
+    def __init__(
+        self,
+        room: Room,
+        resource_id: ResourceId,
+        *,
+        remote: Site,
+        local: Site,
+        remote_url: str | None = None,
+        node_url: str = "",
+        on_state: Callable[[str], None] | None = None,
+        max_backoff: float = 10.0,
+        max_message_size: int = 16 * 2**20,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.room = room
+        self.resource_id = resource_id
+        self.remote = remote
+        self.local = local
+        self.url = room_url(remote_url or remote.url, resource_id)
+        self.node_url = node_url
+        self.on_state = on_state
+        self.max_backoff = max_backoff
+        self.max_message_size = max_message_size
+        self.log = log or logging.getLogger(__name__)
+        self.state = "connecting"
+        self.lineage = ""
+        self.synced = anyio.Event()
+        self.connections = 0
+        self.close_code: int | None = None
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.log.info("link %s room=%s site=%s", state, self.resource_id, self.remote.name)
+            if self.on_state is not None:
+                self.on_state(state)
+
+    async def run(self) -> None:
+        """Link, and relink after every failure with exponential backoff, until cancelled."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._connect_once()
+                backoff = 0.1
+            except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
+                self.log.info("link failed room=%s site=%s error=%s",
+                              self.resource_id, self.remote.name, exc.__class__.__name__)
+            if self.close_code in REFUSED:
+                self._set_state("refused")
+                backoff = self.max_backoff
+            else:
+                self._set_state("offline")
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _connect_once(self) -> None:
+        headers = {
+            "Authorization": f"{AUTH_SCHEME} {self.local.secret}",
+            SITE_HEADER: self.local.name,
+            NODE_HEADER: self.node_url,
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+        }
+        self.close_code = None
+        timeout = aiohttp.ClientWSTimeout(ws_close=5)
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            self.url, headers=headers, heartbeat=15, max_msg_size=self.max_message_size,
+            timeout=timeout,
+        ) as ws:
+            with anyio.fail_after(10):
+                first = await ws.receive()
+            if first.type != aiohttp.WSMsgType.BINARY:
+                self.close_code = ws.close_code
+                raise ProtocolError(f"link refused: close code {ws.close_code}")
+            welcome = protocol.parse(first.data)
+            if welcome.kind is not protocol.Kind.CONTROL:
+                raise ProtocolError("the other node did not welcome the link")
+            message = protocol.decode_control(welcome.payload)
+            if message.get("type") != "welcome" or message.get("version") != PROTOCOL_VERSION:
+                raise ProtocolError(f"unexpected welcome: {message.get('type')!r}")
+            self.lineage = str(message.get("lineage", ""))
+            self.connections += 1
+            local_end, link_end = memory_channel_pair(f"link:{self.remote.name}")
+            identity = Identity(username=f"node:{self.remote.name}", site=self.remote.name)
+            synced = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(
+                    self.room.serve, local_end, identity, writable=True,
+                    peer=Peer(site=self.remote.name), synced=synced,
+                ))
+                tg.start_soon(self._from_remote, ws, link_end, tg.cancel_scope)
+                tg.start_soon(self._to_remote, ws, link_end, tg.cancel_scope)
+                self._set_state("online")
+                await synced.wait()
+                self.synced.set()
+            self.close_code = ws.close_code
+
+    async def _from_remote(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        link_end: MemoryChannel,
+        scope: anyio.CancelScope,
+    ) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                await link_end.send(msg.data)
+        except ChannelClosed:
+            pass  # the local room ended the link; the other pump closes the websocket
+        finally:
+            await link_end.close()
+            scope.cancel()
+
+    async def _to_remote(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        link_end: MemoryChannel,
+        scope: anyio.CancelScope,
+    ) -> None:
+        try:
+            while True:
+                await ws.send_bytes(await link_end.recv())
+        except (ChannelClosed, ConnectionResetError, aiohttp.ClientError):
+            pass  # either side ended: close the websocket below
+        finally:
+            code = link_end.close_code or CloseCode.NORMAL
+            with anyio.move_on_after(2, shield=True):
+                await ws.close(code=code if code < 5000 else CloseCode.NORMAL)
+            scope.cancel()

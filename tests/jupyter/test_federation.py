@@ -1,0 +1,215 @@
+"""Two sites, each a CS3 gateway and a Jupyter node: einstein at site A and marie at site B
+co-edit einstein's notebook, shared with marie over OCM. Real Yjs peers (Node) on each node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import pytest
+
+from mesh_collab.close_codes import CloseCode
+from mesh_collab.cs3.client import CS3Client, Session
+from mesh_collab.cs3.models import Role, UserId
+from mesh_collab.federation.protocol import PATH
+from tests.jupyter.conftest import TOKEN, Node, NodeFactory
+from tests.nodepeer import node_peer
+
+DATA = Path("/work/shared/data/notebooks")
+SECRETS = {"site-a": "secret-of-site-a-" * 2, "site-b": "secret-of-site-b-" * 2}
+
+
+class Mesh:
+    def __init__(self, a: Node, b: Node, rid: str, einstein: Session, tmp: Path) -> None:
+        self.a, self.b, self.rid, self.einstein, self.tmp = a, b, rid, einstein, tmp
+
+    @property
+    def room(self) -> str:
+        return f"json:notebook:{self.rid}"
+
+
+def ws_base(node: Node) -> str:
+    return node.url.replace("http://", "ws://") + "api/collaboration/room"
+
+
+async def session_of(node: Node, path: str) -> dict[str, Any]:
+    response = await node.api(
+        "PUT", f"collaboration/session/{quote(path)}",
+        body={"format": "json", "type": "notebook"},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def two_sites(
+    gateway_factory: Any,
+    cs3_client_factory: Any,
+    node_factory: NodeFactory,
+    tmp_path: Path,
+    *,
+    role: Role = Role.EDITOR,
+) -> Mesh:
+    gw_a = await gateway_factory(site="site-a")
+    gw_b = await gateway_factory(site="site-b")
+    einstein = await (await cs3_client_factory(gw_a.grpc_address)).login("einstein", "relativity")
+    marie_b: CS3Client = await cs3_client_factory(gw_b.grpc_address)
+    marie = await marie_b.login("marie", "radioactivity")
+    info = await einstein.files.write(
+        "/home/einstein/shared.ipynb", (DATA / "Running_Code.ipynb").read_bytes()
+    )
+    await einstein.ocm.create(info.id, UserId(idp=gw_b.domain, opaque_id="marie"), role)
+    (received,) = await marie.ocm.received()
+    await marie.ocm.accept(received.id)
+    peers_file = tmp_path / "mesh.json"
+    a = await node_factory(gw_a, site="site-a", peers=f"@{peers_file}")
+    b = await node_factory(
+        gw_b, site="site-b", cs3_username="marie", cs3_password="radioactivity",
+        peers=f"@{peers_file}",
+    )
+    peers_file.write_text(json.dumps([
+        {"site": "site-a", "url": a.url, "domain": gw_a.domain, "secret": SECRETS["site-a"]},
+        {"site": "site-b", "url": b.url, "domain": gw_b.domain, "secret": SECRETS["site-b"]},
+    ]))
+    return Mesh(a, b, str(info.id), einstein, tmp_path)
+
+
+@pytest.fixture
+async def mesh(gateway_factory, cs3_client_factory, node_factory, tmp_path) -> Mesh:
+    return await two_sites(gateway_factory, cs3_client_factory, node_factory, tmp_path)
+
+
+async def test_live_edits_and_presence_cross_both_ways(mesh: Mesh) -> None:
+    s_a = await session_of(mesh.a, "shared.ipynb")
+    s_b = await session_of(mesh.b, "Shared with me/shared.ipynb")
+    assert s_a["fileId"] == s_b["fileId"] == mesh.rid  # one room key at both sites
+    async with node_peer(ws_base(mesh.a), mesh.room, {"token": TOKEN}) as a, node_peer(
+        ws_base(mesh.b), mesh.room, {"token": TOKEN}
+    ) as b:
+        assert len((await b.dump())["cells"]) == 28
+        await a.send(op="append", cell=0, text=" # from site A")
+        await b.until(lambda d: d["cells"][0].endswith(" # from site A"))
+        await b.send(op="append", cell=1, text=" # from site B")
+        await a.until(lambda d: d["cells"][1].endswith(" # from site B"))
+        await b.send(op="cursor", cell=1, index=2)
+        seen = await a.until(lambda d: any(
+            s.get("user", {}).get("site") == "site-b" and "cursors" in s for s in d["awareness"]
+        ))
+        (marie_state,) = [s for s in seen["awareness"] if "cursors" in s]
+        assert marie_state["user"]["username"] == "marie"
+    # The home node (site A) checkpoints; site B never writes einstein's file.
+    for _ in range(200):
+        from mesh_collab import notebook
+
+        nb = notebook.from_bytes(await mesh.einstein.files.read(mesh.rid))
+        if nb["cells"][1]["source"].endswith(" # from site B"):
+            break
+        await anyio.sleep(0.1)  # storage has no change events: poll it
+    assert nb["cells"][1]["source"].endswith(" # from site B")
+    assert nb["cells"][0]["source"].endswith(" # from site A")
+
+
+async def test_remote_viewer_is_read_only_at_the_home_site(
+    gateway_factory, cs3_client_factory, node_factory, tmp_path
+) -> None:
+    mesh = await two_sites(
+        gateway_factory, cs3_client_factory, node_factory, tmp_path, role=Role.VIEWER
+    )
+    await session_of(mesh.b, "Shared with me/shared.ipynb")
+    async with node_peer(ws_base(mesh.a), mesh.room, {"token": TOKEN}) as a, node_peer(
+        ws_base(mesh.b), mesh.room, {"token": TOKEN}
+    ) as b:
+        await a.send(op="append", cell=0, text=" # einstein")
+        await b.until(lambda d: d["cells"][0].endswith(" # einstein"))
+        await b.send(op="append", cell=2, text=" # marie tries")
+        await a.send(op="append", cell=3, text=" # einstein again")
+        await b.until(lambda d: d["cells"][3].endswith(" # einstein again"))
+        assert not (await a.dump())["cells"][2].endswith(" # marie tries")
+
+
+async def link(node: Node, rid: str, headers: dict[str, str]) -> tuple[int | None, str]:
+    url = node.url.replace("http://", "ws://") + PATH.lstrip("/") + quote(rid, safe="$!")
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        msg = await ws.receive()
+        return ws.close_code, str(msg.data)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        pytest.param({}, CloseCode.UNAUTHORIZED, id="no-credentials"),
+        pytest.param({"X-Mesh-Site": "site-b", "Authorization": "MeshPeer wrong",
+                      "X-Mesh-Protocol": "1"}, CloseCode.UNAUTHORIZED, id="wrong-secret"),
+        pytest.param({"X-Mesh-Site": "site-z", "Authorization": f"MeshPeer {SECRETS['site-b']}",
+                      "X-Mesh-Protocol": "1"}, CloseCode.UNAUTHORIZED, id="unknown-site"),
+        pytest.param({"X-Mesh-Site": "site-b", "Authorization": f"MeshPeer {SECRETS['site-b']}",
+                      "X-Mesh-Protocol": "99"}, CloseCode.PROTOCOL_VERSION, id="other-version"),
+    ],
+)
+async def test_wrong_peers_are_refused(
+    mesh: Mesh, headers: dict[str, str], code: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    close_code, _ = await link(mesh.a, mesh.rid, headers)
+    assert close_code == code
+    assert SECRETS["site-b"] not in caplog.text and "wrong" not in caplog.text.split("site=")[-1]
+
+
+async def test_peer_for_a_notebook_not_shared_with_its_site_is_refused(mesh: Mesh) -> None:
+    other = await mesh.einstein.files.write(
+        "/home/einstein/private.ipynb", (DATA / "notebook3.ipynb").read_bytes()
+    )
+    headers = {"X-Mesh-Site": "site-b", "Authorization": f"MeshPeer {SECRETS['site-b']}",
+               "X-Mesh-Protocol": "1"}
+    close_code, _ = await link(mesh.a, str(other.id), headers)
+    assert close_code == CloseCode.FORBIDDEN
+
+
+async def test_home_site_enforces_a_remote_viewer_even_if_the_other_node_does_not(
+    gateway_factory, cs3_client_factory, node_factory, tmp_path
+) -> None:
+    """A misbehaving site B node forwards its viewer's edit: site A still refuses it."""
+    from pycrdt import Doc, Text
+
+    from mesh_collab import protocol
+
+    mesh = await two_sites(
+        gateway_factory, cs3_client_factory, node_factory, tmp_path, role=Role.VIEWER
+    )
+    url = mesh.a.url.replace("http://", "ws://") + PATH.lstrip("/") + quote(mesh.rid, safe="$!")
+    headers = {"X-Mesh-Site": "site-b", "Authorization": f"MeshPeer {SECRETS['site-b']}",
+               "X-Mesh-Protocol": "1"}
+    forged = Doc()
+    forged.get("intruder", type=Text).insert(0, "written by a viewer")
+    async with node_peer(ws_base(mesh.a), mesh.room, {"token": TOKEN}) as a:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+            welcome = protocol.parse((await ws.receive()).data)
+            assert protocol.decode_control(welcome.payload)["type"] == "welcome"
+            await next_awareness(ws)  # the room's greeting: presence of everybody
+            await ws.send_bytes(protocol.control({"type": "author", "user": "marie"}))
+            await ws.send_bytes(protocol.update(forged.get_update()))
+            await ws.send_bytes(protocol.sync_step2(forged.get_update()))
+            # The room handles one connection's frames in order: once it answers this query,
+            # it has processed (and refused) the forged ones.
+            await ws.send_bytes(b"\x03")
+            await next_awareness(ws)
+            await a.send(op="append", cell=0, text=" # marker")
+            await a.until(lambda d: d["cells"][0].endswith(" # marker"))
+        async with node_peer(ws_base(mesh.a), mesh.room, {"token": TOKEN}) as fresh:
+            state = await fresh.dump()
+            assert state["cells"][0].endswith(" # marker")
+    nodes_doc = mesh.a.state.server.rooms
+    (room,) = nodes_doc.values()
+    assert "intruder" not in room.room.doc.keys() or str(
+        room.room.doc.get("intruder", type=Text)
+    ) == ""
+
+
+async def next_awareness(ws: aiohttp.ClientWebSocketResponse) -> None:
+    from mesh_collab import protocol
+
+    with anyio.fail_after(10):
+        while protocol.parse((await ws.receive()).data).kind is not protocol.Kind.AWARENESS:
+            pass
