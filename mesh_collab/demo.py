@@ -79,7 +79,7 @@ class RunningSite:
 
 @asynccontextmanager
 async def jupyter_lab(
-    spec: SiteSpec, gateway: EmbeddedGateway, root: Path
+    spec: SiteSpec, gateway: EmbeddedGateway, root: Path, peers_file: Path
 ) -> AsyncIterator[tuple[str, str]]:
     """Run ``jupyter lab`` for one site until the context exits; yield (url, token)."""
     token = secrets.token_hex(16)
@@ -105,6 +105,8 @@ async def jupyter_lab(
         "--MeshCollabApp.auth_mode=multi-user",
         f"--MeshCollabApp.cs3_username={spec.user}",
         f"--MeshCollabApp.data_dir={root / 'node'}",
+        # The mesh directory is written once every node's address is known.
+        f"--MeshCollabApp.peers=@{peers_file}",
     ]
     log_file = (root / "jupyter.log").open("wb")
     process = await anyio.open_process(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -190,15 +192,32 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 sites.append(RunningSite(spec, gateway, url="", token=""))
             await seed(sites)
+            peers_file = root / "mesh.json"
             for site in sites:
                 site.url, site.token = await stack.enter_async_context(
-                    jupyter_lab(site.spec, site.gateway, root / site.spec.name)
+                    jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file)
                 )
+            write_directory(peers_file, sites)
             _announce(sites, root)
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 break
     return 0
+
+
+def write_directory(path: Path, sites: list[RunningSite]) -> None:
+    """The mesh directory every node reads: each site's node, OCM domain and secret."""
+    entries = [
+        {
+            "site": s.spec.name,
+            "url": s.url,
+            "domain": s.gateway.domain,
+            "secret": secrets.token_hex(16),
+        }
+        for s in sites
+    ]
+    path.write_text(json.dumps(entries, indent=1))
+    path.chmod(0o600)
 
 
 def _announce(sites: list[RunningSite], root: Path) -> None:

@@ -62,7 +62,8 @@ class Identity:
         return {
             "username": self.username,
             "name": name,
-            "display_name": name,
+            # The stock frontend labels remote cursors with display_name: show the site.
+            "display_name": f"{name} · {self.site}" if self.site else name,
             "initials": initials,
             "color": self.color or (color if isinstance(color, str) else "") or None,
             "avatar_url": None,

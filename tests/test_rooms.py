@@ -141,7 +141,8 @@ async def test_presence_arrives_at_once_stamped_and_leaves_at_once() -> None:
         (einstein_state,) = [e.state for e in entries if e.client_id == 111]
         assert einstein_state is not None
         user = einstein_state["user"]
-        assert user["username"] == "einstein" and user["display_name"] == "Albert Einstein"
+        assert user["username"] == "einstein" and user["name"] == "Albert Einstein"
+        assert user["display_name"] == "Albert Einstein · site-a"  # cursor labels show the site
         assert user["site"] == "site-a" and user["role"] == "editor"
         assert user["color"] == "#f00" and einstein_state["cursors"] == [{"anchor": 1}]
 

@@ -173,7 +173,7 @@ class LockLease(anyio.AsyncContextManagerMixin):
             elif current.app_name == self.app_name and current.lock_id == self.lock_id:
                 # Ours already (a restart with the same id): SetLock is not idempotent,
                 # RefreshLock is (wopiserver's pattern, src/core/wopi.py: setLock).
-                await self._locks.refresh(self.ref, self.lock)
+                await self._locks.refresh(self.ref, self.lock, existing_lock_id=self.lock_id)
             else:
                 raise
         log.info("lock acquired ref=%s app=%s", describe(self.ref), self.app_name)
@@ -194,7 +194,10 @@ class LockLease(anyio.AsyncContextManagerMixin):
             expires = self._new_expiry()
             lock = Lock(lock_id=self.lock_id, app_name=self.app_name, expiration=expires)
             try:
-                await self._locks.refresh(self.ref, lock)
+                # Prove the id we hold: Reva master compares only the app name otherwise, and
+                # would let a refresh take over another holder's lock of the same app (two
+                # mesh_collab nodes), silently replacing its id (cs3apis PR #182).
+                await self._locks.refresh(self.ref, lock, existing_lock_id=self.lock_id)
             except (errors.LockConflict, errors.NotFound, errors.PermissionDenied) as exc:
                 self._mark_lost(exc)
                 return

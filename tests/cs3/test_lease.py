@@ -85,3 +85,22 @@ async def test_lost_lease_is_reported_at_once(einstein: Session, workdir: str) -
     held = await einstein.locks.get(path)
     assert held is not None and held.lock_id == "thief"
     assert await einstein.files.read(path) == b"{}"
+
+
+async def test_lease_refresh_never_takes_over_another_node_of_the_same_app(
+    einstein: Session, workdir: str
+) -> None:
+    """Two nodes of one app: Reva master accepts a same-app refresh with another id (it
+    replaces the id). The lease proves its own id, so it finds out it lost the lock."""
+    path = f"{workdir}/lease.ipynb"
+    await einstein.files.write(path, b"{}")
+    async with einstein.locks.lease(path, lock_id="node-1:1", expiry=1.5) as lease:
+        # The lock passes to node 2 (node 1 was frozen past its expiry, say).
+        await einstein.locks.unlock(path, lease.lock)
+        other = Lock(lock_id="node-2:1", app_name="mesh_collab",
+                     expiration=float(int(time.time() + 60)))
+        await einstein.locks.set(path, other)
+        with anyio.fail_after(3):
+            await lease.lost.wait()
+    held = await einstein.locks.get(path)
+    assert held is not None and held.lock_id == "node-2:1"

@@ -221,6 +221,7 @@ class JupyterProcess:
 
     url: str
     log_path: Path
+    process: Any = None
 
     @property
     def log(self) -> str:
@@ -233,28 +234,35 @@ async def jupyter_process(
     jupyter_env: Path,
     *,
     app: str = "server",
+    name: str = "",
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
 ) -> AsyncIterator[JupyterProcess]:
     """Run ``jupyter <app>`` on 127.0.0.1 with a free port, until the context exits.
 
-    The server announces its port in its runtime file (``--ServerApp.port=0``, no
-    bind-and-close); readiness is ``/api/status`` answering.
+    ``name`` (default: the app) names its root, data folder, runtime folder and log, so
+    that several processes can run side by side, and one can be restarted on its data. The
+    server announces its port in its runtime file (``--ServerApp.port=0``, no
+    bind-and-close); readiness is ``/api`` answering.
     """
-    runtime = jupyter_env / "runtime"
-    root = tmp_path / f"{app}-root"
+    name = name or app
+    runtime = tmp_path / f"{name}-runtime"
+    for stale in runtime.glob("jpserver-*.json"):
+        stale.unlink()
+    runtime.mkdir(exist_ok=True)
+    root = tmp_path / f"{name}-root"
     root.mkdir(exist_ok=True)
-    log_path = tmp_path / f"{app}.log"
-    with log_path.open("wb") as log_file:
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("ab") as log_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jupyter", app, "--no-browser", "--allow-root",
             "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
             f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-            f"--MeshCollabApp.data_dir={tmp_path / (app + '-data')}",
+            f"--MeshCollabApp.data_dir={tmp_path / (name + '-data')}",
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *args,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), **(env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
@@ -276,8 +284,9 @@ async def jupyter_process(
                     # Readiness seen from outside the process: poll, under the deadline.
                     while (await http.get(f"{url}api")).status_code != 200:  # noqa: ASYNC110
                         await anyio.sleep(0.1)
-            yield JupyterProcess(url=url, log_path=log_path)
+            yield JupyterProcess(url=url, log_path=log_path, process=proc)
         finally:
-            proc.terminate()
-            with anyio.fail_after(30):
-                await proc.wait()
+            if proc.returncode is None:
+                proc.terminate()
+                with anyio.fail_after(30):
+                    await proc.wait()

@@ -1,0 +1,156 @@
+"""Two nodes of one site behind one gateway: the Reva lock decides the primary.
+
+Both nodes are real ``jupyter server`` processes. The second finds the room's primary through
+the lock id and links to it; when the primary is killed, the second takes the lock once it
+expires; a primary that was frozen and comes back finds its lease lost, stops writing and
+links to the new primary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+import pytest
+
+from mesh_collab import notebook
+from mesh_collab.cs3.client import Session
+from mesh_collab.cs3.gateway import EmbeddedGateway
+from tests.jupyter.conftest import TOKEN, jupyter_process
+from tests.nodepeer import node_peer
+
+DATA = Path("/work/shared/data/notebooks")
+pytestmark = pytest.mark.timeout(180)
+
+
+def node_args(gateway: EmbeddedGateway, peers: Path) -> tuple[str, ...]:
+    return (
+        f"--MeshCollabApp.gateway={gateway.grpc_address}",
+        "--MeshCollabApp.site=site-a",
+        "--MeshCollabApp.lock_expiry=3",
+        "--MeshCollabApp.checkpoint_quiet_period=0.2",
+        "--MeshCollabApp.checkpoint_max_interval=1",
+        f"--MeshCollabApp.peers=@{peers}",
+    )
+
+
+ENV = {"MESH_COLLAB_CS3_USERNAME": "einstein", "MESH_COLLAB_CS3_PASSWORD": "relativity"}
+
+
+async def open_room(url: str, path: str) -> str:
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.put(
+            f"{url}api/collaboration/session/{quote(path)}",
+            json={"format": "json", "type": "notebook"},
+            headers={"Authorization": f"token {TOKEN}"},
+        )
+    assert response.status_code == 201, response.text
+    return f"json:notebook:{response.json()['fileId']}"
+
+
+def ws(url: str) -> str:
+    return url.replace("http://", "ws://") + "api/collaboration/room"
+
+
+async def eventually(check: Any) -> Any:
+    """Poll storage (no change events there) until ``check()`` is truthy."""
+    with anyio.fail_after(30):
+        while not (result := await check()):  # noqa: ASYNC110 - storage has no events
+            await anyio.sleep(0.1)
+    return result
+
+
+async def holder(einstein: Session, rid: Any) -> str:
+    lock = await einstein.locks.get(rid)
+    return lock.lock_id if lock is not None else ""
+
+
+@pytest.fixture
+async def setup(gateway: EmbeddedGateway, einstein: Session, tmp_path: Path) -> Any:
+    info = await einstein.files.write(
+        "/home/einstein/f.ipynb", (DATA / "Running_Code.ipynb").read_bytes()
+    )
+    peers = tmp_path / "mesh.json"
+    peers.write_text(json.dumps([{
+        "site": "site-a", "url": "http://127.0.0.1:9/", "domain": gateway.domain,
+        "secret": "the-secret-of-site-a-nodes",
+    }]))
+    return info, node_args(gateway, peers)
+
+
+async def test_kill_9_of_the_primary_then_failover_after_lock_expiry(
+    setup: Any, einstein: Session, tmp_path: Path, jupyter_env: Path
+) -> None:
+    info, args = setup
+    async with jupyter_process(tmp_path, jupyter_env, name="node1", env=ENV, args=args) as n1:
+        room = await open_room(n1.url, "f.ipynb")
+        async with node_peer(ws(n1.url), room, {"token": TOKEN}) as p1:
+            assert n1.url.rstrip("/") in await eventually(lambda: holder(einstein, info.id))
+            async with jupyter_process(
+                tmp_path, jupyter_env, name="node2", env=ENV, args=args
+            ) as n2:
+                await open_room(n2.url, "f.ipynb")
+                async with node_peer(ws(n2.url), room, {"token": TOKEN}) as p2:
+                    await p1.send(op="append", cell=0, text=" #from-1")
+                    await p2.until(lambda d: d["cells"][0].endswith(" #from-1"))
+                    await p2.send(op="append", cell=1, text=" #from-2")
+                    await p1.until(lambda d: d["cells"][1].endswith(" #from-2"))
+
+                    os.kill(n1.process.pid, signal.SIGKILL)
+                    await n1.process.wait()
+                    await p2.send(op="append", cell=2, text=" #while-1-is-dead")
+                    new = await eventually(lambda: _held_by(einstein, info.id, n2.url))
+                    assert n2.url.rstrip("/") in new
+
+                    async def saved() -> bool:
+                        nb = notebook.from_bytes(await einstein.files.read(info.id))
+                        sources = [c["source"] for c in nb["cells"]]
+                        return sources[2].endswith(" #while-1-is-dead") and sources[0].endswith(
+                            " #from-1"
+                        )
+
+                    await eventually(saved)
+                    nb = notebook.from_bytes(await einstein.files.read(info.id))
+                    assert len(nb["cells"]) == 28
+
+
+async def _held_by(einstein: Session, rid: Any, url: str) -> str:
+    lock_id = await holder(einstein, rid)
+    return lock_id if url.rstrip("/") in lock_id else ""
+
+
+async def test_returning_primary_sees_its_lease_lost_and_links_to_the_new_one(
+    setup: Any, einstein: Session, tmp_path: Path, jupyter_env: Path
+) -> None:
+    info, args = setup
+    async with jupyter_process(tmp_path, jupyter_env, name="node1", env=ENV, args=args) as n1:
+        room = await open_room(n1.url, "f.ipynb")
+        async with node_peer(ws(n1.url), room, {"token": TOKEN}) as p1:
+            await eventually(lambda: _held_by(einstein, info.id, n1.url))
+            async with jupyter_process(
+                tmp_path, jupyter_env, name="node2", env=ENV, args=args
+            ) as n2:
+                await open_room(n2.url, "f.ipynb")
+                async with node_peer(ws(n2.url), room, {"token": TOKEN}) as p2:
+                    os.kill(n1.process.pid, signal.SIGSTOP)
+                    try:
+                        await eventually(lambda: _held_by(einstein, info.id, n2.url))
+                        await p2.send(op="append", cell=3, text=" #while-1-was-frozen")
+                    finally:
+                        os.kill(n1.process.pid, signal.SIGCONT)
+                    # Back, node 1 finds its lease gone, stops writing and links to node 2.
+                    state = await p1.until(lambda d: any(
+                        s.get("mesh", {}).get("lock") == "linked" for s in d["awareness"]
+                    ))
+                    (status,) = [s["mesh"] for s in state["awareness"] if "mesh" in s]
+                    assert n2.url.rstrip("/") in status["holder"]
+                    await p1.until(lambda d: d["cells"][3].endswith(" #while-1-was-frozen"))
+                    await p1.send(op="append", cell=4, text=" #1-is-back")
+                    await p2.until(lambda d: d["cells"][4].endswith(" #1-is-back"))
+                    assert n2.url.rstrip("/") in await holder(einstein, info.id)

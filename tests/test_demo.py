@@ -1,0 +1,71 @@
+"""``mesh-collab demo``: the two-site demo, driven as a script would drive it.
+
+It reads the JSON line the demo prints, reaches both sites' Jupyter APIs with the printed
+tokens, and co-edits the shared notebook from a real Yjs peer at each site.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import httpx
+import pytest
+
+from tests.nodepeer import node_peer
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def read_sites(process: anyio.abc.Process) -> list[dict[str, str]]:
+    assert process.stdout is not None
+    buffer = b""
+    with anyio.fail_after(180):
+        while True:
+            buffer += await process.stdout.receive()
+            for line in buffer.decode(errors="replace").splitlines():
+                if line.startswith('{"sites"'):
+                    return list(json.loads(line)["sites"])
+
+
+async def test_demo_two_sites_co_edit(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "demo",
+            "--root", str(tmp_path / "demo")]
+    log = (tmp_path / "demo.log").open("wb")
+    async with await anyio.open_process(args, stderr=log) as process:
+        try:
+            site_a, site_b = await read_sites(process)
+            assert (site_a["site"], site_a["user"]) == ("site-a", "einstein")
+            assert (site_b["site"], site_b["user"]) == ("site-b", "marie")
+            rooms = []
+            async with httpx.AsyncClient(timeout=60) as http:
+                for site in (site_a, site_b):
+                    auth = {"Authorization": f"token {site['token']}"}
+                    me = (await http.get(f"{site['url']}api/me", headers=auth)).json()
+                    assert me["identity"]["username"] == site["user"]
+                    response = await http.put(
+                        f"{site['url']}api/collaboration/session/{quote(site['notebook'])}",
+                        json={"format": "json", "type": "notebook"}, headers=auth,
+                    )
+                    assert response.status_code == 201, response.text
+                    rooms.append(response.json())
+            assert rooms[0]["fileId"] == rooms[1]["fileId"]
+            room = f"json:notebook:{rooms[0]['fileId']}"
+            ws = {s["site"]: s["url"].replace("http://", "ws://") + "api/collaboration/room"
+                  for s in (site_a, site_b)}
+            async with node_peer(ws["site-a"], room, {"token": site_a["token"]}) as a, \
+                    node_peer(ws["site-b"], room, {"token": site_b["token"]}) as b:
+                await a.send(op="append", cell=2, text="einstein was here")
+                await b.until(lambda d: d["cells"][2].endswith("einstein was here"))
+                await b.send(op="append", cell=2, text=" and marie")
+                await a.until(lambda d: d["cells"][2].endswith(" and marie"))
+        finally:
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(60):
+                code = await process.wait()
+            log.close()
+    assert code == 0, (tmp_path / "demo.log").read_text()[-3000:]
