@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Page, async_playwright
 
 from mesh_collab.cs3.client import Session
-from mesh_collab.cs3.models import Role
-from tests.jupyter.conftest import jupyter_process
+from mesh_collab.cs3.models import Role, UserId
+from tests.jupyter.conftest import TOKEN, jupyter_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -114,3 +115,72 @@ async def test_two_users_co_edit_in_jupyterlab(
             await b.screenshot(path=str(ARTIFACTS / "coedit-marie.png"))
         finally:
             await browser.close()
+
+
+async def test_a_user_at_site_a_and_one_at_site_b_co_edit(
+    gateway_factory, cs3_client_factory, tmp_path: Path, jupyter_env: Path
+) -> None:
+    """einstein at site A and marie at site B, each in their own site's JupyterLab, see each
+    other's edits and cursors, labelled with their site."""
+    gw_a = await gateway_factory(site="site-a")
+    gw_b = await gateway_factory(site="site-b")
+    einstein = await (await cs3_client_factory(gw_a.grpc_address)).login("einstein", "relativity")
+    marie = await (await cs3_client_factory(gw_b.grpc_address)).login("marie", "radioactivity")
+    info = await einstein.files.write("/home/einstein/collab.ipynb", json.dumps(NOTEBOOK).encode())
+    await einstein.ocm.create(info.id, UserId(idp=gw_b.domain, opaque_id="marie"), Role.EDITOR)
+    (received,) = await marie.ocm.received()
+    await marie.ocm.accept(received.id)
+    peers = tmp_path / "mesh.json"
+
+    def lab(gw: Any, site: str, user: str, password: str) -> Any:
+        return jupyter_process(
+            tmp_path, jupyter_env, app="lab", name=site,
+            env={"MESH_COLLAB_CS3_PASSWORD": password},
+            args=(f"--MeshCollabApp.gateway={gw.grpc_address}", f"--MeshCollabApp.site={site}",
+                  f"--MeshCollabApp.cs3_username={user}", f"--MeshCollabApp.peers=@{peers}"),
+        )
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with lab(gw_a, "site-a", "einstein", "relativity") as node_a, \
+            lab(gw_b, "site-b", "marie", "radioactivity") as node_b:
+        peers.write_text(json.dumps([
+            {"site": "site-a", "url": node_a.url, "domain": gw_a.domain, "secret": "a" * 32},
+            {"site": "site-b", "url": node_b.url, "domain": gw_b.domain, "secret": "b" * 32},
+        ]))
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                size = {"width": 1280, "height": 800}
+                a = await (await browser.new_context(viewport=size)).new_page()
+                b = await (await browser.new_context(viewport=size)).new_page()
+                await a.goto(f"{node_a.url}lab?token={TOKEN}")
+                await b.goto(f"{node_b.url}lab?token={TOKEN}")
+                await open_notebook(a, node_a.url, "einstein", "collab.ipynb")
+                await open_notebook(b, node_b.url, "marie", "Shared with me/collab.ipynb")
+                await type_and_see(a, b, " # from site A")
+                await type_and_see(b, a, " # from site B")
+                for page, other_site in ((a, "site-b"), (b, "site-a")):
+                    cursor = page.locator(".jp-remote-cursor").first
+                    await cursor.wait_for(state="attached", timeout=30_000)
+                    box = await cursor.bounding_box()
+                    assert box is not None
+                    await page.mouse.move(box["x"] + 1, box["y"] + box["height"] / 2)
+                    flag = page.locator(".jp-remote-userFlag-name").first
+                    await flag.wait_for(timeout=30_000)
+                    assert other_site in await flag.inner_text()
+                await a.screenshot(path=str(ARTIFACTS / "sites-einstein-at-a.png"))
+                await b.screenshot(path=str(ARTIFACTS / "sites-marie-at-b.png"))
+            finally:
+                await browser.close()
+
+
+async def type_and_see(writer: Page, reader: Page, text: str) -> None:
+    await writer.click(f"{VISIBLE} .jp-Cell >> nth=0 >> .cm-content")
+    await writer.keyboard.press("End")
+    await writer.keyboard.type(text)
+    await reader.wait_for_function(
+        "m => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell "
+        ".cm-content').textContent.includes(m)",
+        arg=text.strip(),
+        timeout=30_000,
+    )
