@@ -27,6 +27,7 @@ class Mesh:
     def __init__(self, a: Node, b: Node, rid: str, einstein: Session, tmp: Path) -> None:
         self.a, self.b, self.rid, self.einstein, self.tmp = a, b, rid, einstein, tmp
         self.domains = ("", "")
+        self.gateways: tuple[Any, ...] = ()
         self.peers_file = tmp / "mesh.json"
 
     def write_directory(self, a_url: str | None = None) -> None:
@@ -84,6 +85,7 @@ async def two_sites(
     )
     mesh = Mesh(a, b, str(info.id), einstein, tmp_path)
     mesh.domains = (gw_a.domain, gw_b.domain)
+    mesh.gateways = (gw_a, gw_b)
     mesh.peers_file = peers_file
     if write_directory:
         mesh.write_directory()
@@ -369,3 +371,34 @@ async def test_friendsforever_trace_typed_through_two_sites(mesh: Mesh) -> None:
                 while str(d.get("trace", type=Text)) != end:
                     changed[k] = anyio.Event()
                     await changed[k].wait()
+
+
+async def test_three_nodes_two_sites_converge(
+    gateway_factory, cs3_client_factory, node_factory, tmp_path
+) -> None:
+    """Site A runs two nodes behind one gateway, site B one: the second node of site A links
+    to the primary found through the lock, site B links to site A; all three converge."""
+    mesh = await two_sites(
+        gateway_factory, cs3_client_factory, node_factory, tmp_path, write_directory=False
+    )
+    a2 = await node_factory(mesh.gateways[0], site="site-a", peers=f"@{mesh.peers_file}")
+    mesh.write_directory()
+    await session_of(mesh.a, "shared.ipynb")  # node A1 opens first: it takes the lock
+    async with node_peer(ws_base(mesh.a), mesh.room, {"token": TOKEN}) as p1:
+        lock = await mesh.einstein.locks.get(mesh.rid)
+        assert lock is not None and mesh.a.url.rstrip("/") in lock.lock_id
+        await session_of(a2, "shared.ipynb")
+        await session_of(mesh.b, "Shared with me/shared.ipynb")
+        async with node_peer(ws_base(a2), mesh.room, {"token": TOKEN}) as p2, node_peer(
+            ws_base(mesh.b), mesh.room, {"token": TOKEN}
+        ) as p3:
+            for k, peer in enumerate((p1, p2, p3)):
+                await peer.send(op="append", cell=k, text=f" #node{k + 1}")
+            for peer in (p1, p2, p3):
+                await peer.until(lambda d: all(
+                    d["cells"][k].endswith(f" #node{k + 1}") for k in range(3)
+                ))
+            states = [(await p.dump())["cells"] for p in (p1, p2, p3)]
+            assert states[0] == states[1] == states[2] and len(states[0]) == 28
+            status = [s["mesh"] for s in (await p2.dump())["awareness"] if "mesh" in s]
+            assert status[0]["lock"] == "linked" and mesh.a.url.rstrip("/") in status[0]["holder"]
