@@ -49,6 +49,8 @@ from mesh_collab.updatelog import UpdateLog
 APP_NAME = "mesh_collab"
 #: The origin of the edit that clears the frontends' "dirty" flag after a checkpoint.
 SAVED = StorageOrigin("saved")
+#: The origin of a version restored through the room.
+RESTORE = StorageOrigin("restore")
 #: Compact the local log after a checkpoint once this many updates accumulated.
 COMPACT_EVERY = 1000
 
@@ -175,6 +177,24 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
     async def edit(self, fn: Any, origin: Origin) -> Any:
         """Edit the live notebook in the room (see :meth:`Room.edit`)."""
         return await self.room.edit(fn, origin)
+
+    async def restore_version(self, session: Session, key: str) -> notebook.MergeStats:
+        """Bring back a CS3 version through the live room: collaborators see it happen, cells
+        that did not change keep their identity, and the next checkpoint stores the result as
+        a new version (nothing is overwritten behind anyone's back).
+
+        Raises:
+            NotFound: no such version.
+            ValueError: the version is not a notebook.
+            PermissionDenied: the user may not edit this notebook.
+        """
+        info = await session.files.stat(self.resource_id)
+        if not info.writable:
+            raise errors.PermissionDenied("viewers cannot restore", op="restore", ref=self.name)
+        version = notebook.from_bytes(await session.versions.read(self.resource_id, key))
+        _, stats = await self._merge_from(self.room.doc.get_update(), version, RESTORE)
+        self.log.info("version restored through the room room=%s stats=%s", self.name, stats)
+        return stats
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -341,8 +361,21 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         live document as a concurrent edit: collaborators' unsaved edits survive, unchanged
         cells keep their identity, edited cells change granularly.
         """
+        self._base, stats = await self._merge_from(self._base, nb, StorageOrigin("external"))
+        await self.updatelog.set_base(self.name, self._base)
+        self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+
+    async def _merge_from(
+        self, state: bytes, nb: dict[str, Any], origin: Origin
+    ) -> tuple[bytes, notebook.MergeStats]:
+        """Edit the live document by the change that turns ``state`` into ``nb``.
+
+        The change is computed on a fork of ``state`` and applied to the live document as a
+        concurrent edit (a YNotebook cannot be built inside the room's transaction). Returns
+        the fork's new state and the merge statistics.
+        """
         fork = Doc()
-        fork.apply_update(self._base)
+        fork.apply_update(state)
         changes: list[bytes] = []
         fork.observe(lambda event: changes.append(event.update))
         stats = notebook.merge_into(YNotebook(ydoc=fork), nb)
@@ -352,10 +385,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                 doc.apply_update(update)
 
         if changes:
-            await self.room.edit(apply, StorageOrigin("external"))
-        self._base = fork.get_update()
-        await self.updatelog.set_base(self.name, self._base)
-        self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+            await self.room.edit(apply, origin)
+        return fork.get_update(), stats
 
     # --- lock --------------------------------------------------------------------------------
 

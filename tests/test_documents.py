@@ -312,3 +312,25 @@ async def test_recovery_from_the_crdt_state_in_cs3(tmp_path: Path, einstein: Ses
             assert len(cells) == 28
             assert cells[0]["source"].count(" saved") == 1
         tg.cancel_scope.cancel()
+
+
+async def test_restore_goes_through_the_live_room(tmp_path: Path, einstein: Session) -> None:
+    info = await put_notebook(einstein, "h.ipynb", data_notebook("Running_Code.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            await eventually(lambda: _is(nb_room, "held"))
+            append(a.nb.ycells[0], " # later edit")
+            await until(
+                lambda: str(nb_room.ynotebook.ycells[0]["source"]).endswith(" # later edit"),
+                nb_room.room.doc,
+            )
+            await nb_room.room.flush()
+            assert await nb_room.checkpointer.flush()
+            (version,) = await einstein.versions.list(info.id)
+            kept = a.nb.ycells[5]
+            await nb_room.restore_version(einstein, version.key)
+            await until(lambda: not a.source(0).endswith(" # later edit"), a.doc)
+            assert a.nb.ycells[5] is not None and str(kept["source"]) == a.source(5)
+            assert len(a.nb.ycells) == 28
+        tg.cancel_scope.cancel()
