@@ -205,13 +205,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                 yield nb
             return
         doc, pending_merge = await self._load()
-        async with Room(
-            self.name,
-            doc=doc,
-            updatelog=self.updatelog,
-            max_message_size=self.settings.max_message_size,
-            log=self.log,
-        ) as room:
+        async with self._new_room(doc) as room:
             self.room = room
             room.add_listener(self._on_updates)
             if pending_merge is not None:
@@ -230,6 +224,15 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                         await self.checkpointer.flush()
                     tg.cancel_scope.cancel()
 
+    def _new_room(self, doc: Doc) -> Room:
+        return Room(
+            self.name,
+            doc=doc,
+            updatelog=self.updatelog,
+            max_message_size=self.settings.max_message_size,
+            log=self.log,
+        )
+
     @asynccontextmanager
     async def _remote(self) -> AsyncGenerator[NotebookRoom]:
         """A notebook another site owns: serve it from our replica, linked to its home node.
@@ -246,13 +249,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             for update in logged.updates:
                 doc.apply_update(update)
             self.lineage = logged.lineage
-        async with Room(
-            self.name,
-            doc=doc,
-            updatelog=self.updatelog,
-            max_message_size=self.settings.max_message_size,
-            log=self.log,
-        ) as room:
+        async with self._new_room(doc) as room:
             self.room = room
             self._lock_state = "remote"
             async with anyio.create_task_group() as tg:

@@ -88,28 +88,9 @@ async def test_two_users_co_edit_in_jupyterlab(
             await open_notebook(a, node.url, "einstein", "collab.ipynb")
             await open_notebook(b, node.url, "marie", "Shared with me/collab.ipynb")
 
-            await a.click(f"{VISIBLE} .jp-Cell >> nth=0 >> .cm-content")
-            await a.keyboard.press("End")
-            await a.keyboard.type(" # hello from einstein")
-            await b.wait_for_function(
-                "m => document.querySelector("
-                "'.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content')"
-                ".textContent.includes(m)",
-                arg="# hello from einstein",
-                timeout=30_000,
-            )
+            await type_and_see(a, b, " # hello from einstein")
             await b.wait_for_selector(".jp-remote-cursor", state="attached", timeout=30_000)
-
-            await b.click(f"{VISIBLE} .jp-Cell >> nth=0 >> .cm-content")
-            await b.keyboard.press("End")
-            await b.keyboard.type(" # and marie")
-            await a.wait_for_function(
-                "m => document.querySelector("
-                "'.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content')"
-                ".textContent.includes(m)",
-                arg="# and marie",
-                timeout=30_000,
-            )
+            await type_and_see(b, a, " # and marie")
             await a.wait_for_selector(".jp-remote-cursor", state="attached", timeout=30_000)
             await a.screenshot(path=str(ARTIFACTS / "coedit-einstein.png"))
             await b.screenshot(path=str(ARTIFACTS / "coedit-marie.png"))
