@@ -286,3 +286,53 @@ async def test_compaction_keeps_the_document_and_shrinks_the_log(tmp_path: Path)
                 replay.apply_update(update)
             assert str(replay.get("source", type=Text)) == str(a.text)
         tg.cancel_scope.cancel()
+
+
+class CountingChannel:
+    """Wraps a channel and counts the update frames sent through it."""
+
+    def __init__(self, inner: MemoryChannel) -> None:
+        self.inner = inner
+        self.updates_sent = 0
+
+    @property
+    def path(self) -> str:
+        return self.inner.path
+
+    async def send(self, message: bytes) -> None:
+        if protocol.parse(message).kind is protocol.Kind.UPDATE:
+            self.updates_sent += 1
+        await self.inner.send(message)
+
+    async def recv(self) -> bytes:
+        return await self.inner.recv()
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        await self.inner.close(code, reason)
+
+
+async def test_linked_rooms_never_echo_and_store_each_update_once(tmp_path: Path) -> None:
+    from mesh_collab.rooms import Peer
+
+    async with UpdateLog(tmp_path / "a.sqlite") as log_a, UpdateLog(
+        tmp_path / "b.sqlite"
+    ) as log_b, Room("r", updatelog=log_a) as room_a, Room(
+        "r", updatelog=log_b
+    ) as room_b, anyio.create_task_group() as tg:
+        a_end, b_end = memory_channel_pair("link")
+        to_a = CountingChannel(b_end)  # what room B sends towards room A
+        tg.start_soon(partial(room_a.serve, a_end, Identity("node:b", site="b"),
+                              peer=Peer(site="b")))
+        tg.start_soon(partial(room_b.serve, to_a, Identity("node:a", site="a"),
+                              peer=Peer(site="a")))
+        async with peer(room_a, tg, EINSTEIN) as writer:
+            for i in range(20):
+                writer.text += str(i % 10)
+            await until(lambda: len(str(room_b.doc.get("source", type=Text))) == 20, room_b.doc)
+            await room_a.flush()
+            await room_b.flush()
+            assert to_a.updates_sent == 0  # nothing bounced back to its sender's node
+            rows_a = await log_a.count("r")
+            rows_b = await log_b.count("r")
+            assert rows_a == rows_b == room_a.stats.updates == room_b.stats.updates
+        tg.cancel_scope.cancel()
