@@ -39,11 +39,13 @@ class Checkpointer:
         quiet_period: float = 2.0,
         max_interval: float = 30.0,
         max_backoff: float = 30.0,
+        on_saved: Callable[[], None] | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         if quiet_period < 0 or max_interval <= 0:
             raise ValueError(f"bad checkpoint periods: {quiet_period!r}, {max_interval!r}")
         self._save = save
+        self._on_saved = on_saved
         self.quiet_period = quiet_period
         self.max_interval = max_interval
         self.max_backoff = max_backoff
@@ -128,5 +130,7 @@ class Checkpointer:
             self.last_saved = time.time()
             self.saved.set()
             self.saved = anyio.Event()
+            if self._on_saved is not None:
+                self._on_saved()
             self.log.info("checkpoint written duration=%.3fs", time.monotonic() - begin)
             return True

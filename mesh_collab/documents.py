@@ -152,6 +152,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             self._checkpoint,
             quiet_period=settings.quiet_period,
             max_interval=settings.max_interval,
+            on_saved=self._on_saved,
             log=self.log,
         )
 
@@ -406,7 +407,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._lock_state, self._holder = state, holder
         self.checkpointer.set_enabled(state == "held")
         # Linked to another node of the mesh (it holds the lock): edit here, it writes.
-        self.room.accept_edits = state in ("held", "none", "linked")
+        # Storage unreachable: edit here, write when it is back.
+        self.room.accept_edits = state in ("held", "none", "linked", "unreachable")
         if state != "linked":
             self._stop_link()
         self._publish()
@@ -433,10 +435,26 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                     self._set_lock_state("held")
                     await self._catch_up()
                     await lease.lost.wait()
-                    self._set_lock_state("lost")
+                    if isinstance(lease.lost_reason, errors.LockConflict | errors.NotFound):
+                        self._set_lock_state("lost")
+                    else:
+                        # Storage unreachable past the expiry: nobody may have taken the
+                        # lock. Keep accepting edits (into the log), stop writing, and take
+                        # the lock again when storage answers.
+                        self._set_lock_state("unreachable")
                     self._lease = None
             except errors.LockConflict:
                 lock = await self._current_lock(session)
+                if lock is not None and self._is_previous_incarnation(lock.lock_id):
+                    # Our own node before a restart (kill -9): release its lock and take it.
+                    self.log.info("taking over the lock of this node's previous run %s",
+                                  self.name)
+                    try:
+                        await session.locks.unlock(self.resource_id, lock)
+                    except errors.StorageError as exc:
+                        self.log.warning("cannot release the previous lock: %s", exc)
+                    else:
+                        continue
                 node = self.federation.node_of(lock.lock_id) if (
                     self.federation and lock is not None and lock.app_name == APP_NAME
                 ) else ""
@@ -462,6 +480,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             with anyio.move_on_after(retry):
                 await self._lease_wanted.wait()
             self._lease_wanted = anyio.Event()
+
+    def _is_previous_incarnation(self, lock_id: str) -> bool:
+        """Whether a lock id names this very node (site and node id) with another epoch."""
+        prefix = f"{APP_NAME}:{self.settings.site}:{self.settings.node_id}:"
+        return lock_id.startswith(prefix) and lock_id != self.lock_id
 
     async def _current_lock(self, session: Session) -> Lock | None:
         try:
@@ -501,8 +524,10 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         # Tell the frontends the notebook is saved (its "dirty" dot), as jupyter-collaboration
         # does after a save.
         await self.room.edit(_mark_saved, SAVED)
-        self._publish()
         await self._maybe_compact()
+
+    def _on_saved(self) -> None:
+        self._publish()  # with the checkpointer's new save time
 
     async def _maybe_compact(self) -> None:
         """Fold the room's log into one state once it holds many updates."""

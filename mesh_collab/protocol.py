@@ -23,6 +23,13 @@ from mesh_collab.errors import ProtocolError
 _MAX_UINT = 2**53
 #: At most this many awareness entries in one frame.
 MAX_AWARENESS_ENTRIES = 256
+#: At most this many bytes of JSON in one awareness state (cursors and a user: well under).
+MAX_AWARENESS_STATE = 64 * 1024
+
+
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON: browsers' JSON.parse would reject what we relay.
+    raise ValueError(f"{name} is not JSON")
 
 
 class Kind(enum.IntEnum):
@@ -134,8 +141,8 @@ def decode_control(payload: bytes) -> dict[str, Any]:
         ProtocolError: not a JSON object with a string ``type``.
     """
     try:
-        message = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = json.loads(payload, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError("control message is not JSON") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("control message without a type")
@@ -181,9 +188,13 @@ def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
         client_id = reader.uint()
         clock = reader.uint()
         raw = reader.bytes()
+        if len(raw) > MAX_AWARENESS_STATE:
+            raise ProtocolError(f"awareness state too large: {len(raw)} bytes")
         try:
-            state = json.loads(raw) if raw else None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            state = json.loads(raw, parse_constant=_no_constants) if raw else None
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8, bad JSON, NaN/Infinity and Python's limit on the
+            # digits of an integer; RecursionError, absurd nesting.
             raise ProtocolError("awareness state is not JSON") from exc
         if state is not None and not isinstance(state, dict):
             raise ProtocolError("awareness state is not a JSON object")

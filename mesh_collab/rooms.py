@@ -229,10 +229,7 @@ class Room(anyio.AsyncContextManagerMixin):
         self._tainted = False
         self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
         self.closing = False
-        #: Whether document updates from clients are applied at all (False while another
-        #: application holds the file's lock). Refused updates are dropped, not queued: the
-        #: client sends them again when it resyncs.
-        self.accept_edits = True
+        self._accept_edits = True
         self._updates = 0
         self._batches = 0
         self.empty = anyio.Event()
@@ -284,6 +281,25 @@ class Room(anyio.AsyncContextManagerMixin):
             pass  # a full inbox runs a batch anyway
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the room is closed: nobody to tell
+
+    @property
+    def accept_edits(self) -> bool:
+        """Whether document updates from clients are applied (False while another
+        application holds the file's lock). Refused updates are dropped, not queued; when
+        edits are accepted again, every writer is asked for what it has (a sync step 1), so
+        edits typed meanwhile arrive then."""
+        return self._accept_edits
+
+    @accept_edits.setter
+    def accept_edits(self, value: bool) -> None:
+        if value and not self._accept_edits:
+            self._outgoing.extend(
+                _Out(protocol.sync_step1(self._doc.get_state()), target=conn)
+                for conn in self._connections.values()
+                if conn.writable
+            )
+            self._wake()
+        self._accept_edits = value
 
     @property
     def status(self) -> dict[str, Any]:
@@ -394,9 +410,15 @@ class Room(anyio.AsyncContextManagerMixin):
         item.done.set()
 
     async def flush(self) -> None:
-        """Wait until every message queued so far is processed, durable and relayed."""
+        """Wait until every message queued so far is processed, durable and relayed.
+
+        Returns at once when the room's loop has already stopped (nothing more will run).
+        """
         barrier = _Edit(lambda doc: None, origin=None)  # type: ignore[arg-type]
-        await self._inbox_send.send(barrier)
+        try:
+            await self._inbox_send.send(barrier)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
         await barrier.done.wait()
 
     async def _read(self, conn: Connection) -> None:
@@ -450,6 +472,11 @@ class Room(anyio.AsyncContextManagerMixin):
                 except ProtocolError as exc:
                     self.log.info("closing client room=%s reason=%s", self.name, exc)
                     item.conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
+                except Exception:
+                    # The per-connection boundary: whatever one client's message breaks,
+                    # only that client is dropped; the room serves everyone else.
+                    self.log.exception("message failed room=%s", self.name)
+                    item.conn.kill(CloseCode.RESET_CONNECTION, "message could not be handled")
         elif isinstance(item, _Join):
             self._join(item.conn)
         elif isinstance(item, _Leave):
@@ -537,7 +564,7 @@ class Room(anyio.AsyncContextManagerMixin):
         elif kind in (protocol.Kind.SYNC_STEP2, protocol.Kind.UPDATE):
             if kind is protocol.Kind.SYNC_STEP2 and conn.synced is not None:
                 conn.synced.set()
-            if not (conn.writable and self.accept_edits and self._peer_allows(conn, kind)):
+            if not (conn.writable and self._accept_edits and self._peer_allows(conn, kind)):
                 conn.refused_updates += 1
                 return
             self._apply(conn, frame.payload)

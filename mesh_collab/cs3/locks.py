@@ -140,6 +140,9 @@ class LockLease(anyio.AsyncContextManagerMixin):
         self._on_lost = on_lost
         self._release_grace = release_grace
         self.lost = anyio.Event()
+        #: Why the lease was lost: a conflict (someone else has the lock), or a storage error
+        #: (unreachable until after the expiry: the lock may still be free), or None.
+        self.lost_reason: errors.StorageError | None = None
         self.expires_at = 0.0
 
     @property
@@ -181,6 +184,7 @@ class LockLease(anyio.AsyncContextManagerMixin):
     def _mark_lost(self, exc: errors.StorageError | None) -> None:
         if self.lost.is_set():
             return
+        self.lost_reason = exc
         self.lost.set()
         log.warning("lock lost ref=%s reason=%s", describe(self.ref), exc or "expired")
         if self._on_lost is not None:

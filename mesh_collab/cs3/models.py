@@ -310,6 +310,7 @@ class ReceivedOCMShare:
     shared_secret: str
     role: Role
     opaque: Mapping[str, str]
+    ctime: float = 0.0
 
     @property
     def remote_resource_id(self) -> ResourceId | None:
@@ -337,6 +338,7 @@ class ReceivedOCMShare:
             shared_secret=secret,
             role=role,
             opaque=_opaque_text(s.opaque),
+            ctime=timestamp(s.ctime),
         )
 
     def __repr__(self) -> str:

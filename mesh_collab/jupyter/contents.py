@@ -437,7 +437,9 @@ class CS3ContentsManager(AsyncContentsManager):
                     item["mimetype"] = _mimetype(path, info.mime_type)
             else:
                 kind = _file_type(path, None)
-                item = self._base_model(path, None, kind, writable=entry.role is Role.EDITOR)
+                item = self._base_model(
+                    path, None, kind, writable=entry.role is Role.EDITOR, mtime=entry.ctime
+                )
             newest = max(newest, item["last_modified"].timestamp())
             listing.append(item)
         model = self._base_model(SHARED_FOLDER, None, "directory", writable=False, mtime=newest)

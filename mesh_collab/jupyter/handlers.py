@@ -37,6 +37,7 @@ from mesh_collab.federation.protocol import (
     VERSION_HEADER,
     credentials,
 )
+from mesh_collab.jupyter.api import api_handlers
 from mesh_collab.jupyter.fileids import resource_id_for
 from mesh_collab.jupyter.identity import MeshUser, mesh_state, session_for
 from mesh_collab.jupyter.websocket import TornadoChannel
@@ -58,6 +59,7 @@ def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
         (r"/api/collaboration/session/(.*)", SessionHandler, {}),
         (r"/api/collaboration/room/(.*)", RoomHandler, {}),
         (PATH.rstrip("/") + r"/(.*)", FederationHandler, {}),
+        *api_handlers(),
     ]
 
 
@@ -122,6 +124,8 @@ async def home_of(state: Any, session: Any, rid: ResourceId) -> Site | None:
         return None
     except errors.NotFound:
         pass
+    except errors.StorageError:
+        return None  # no access, expired session...: the access check answers it
     share = await _ocm_share(session, rid)
     if share is None:
         return None
@@ -175,8 +179,10 @@ class SessionHandler(APIHandler):
         session = session_for(self)
         try:
             body = json.loads(self.request.body or b"{}")
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not UTF-8, not JSON
             raise web.HTTPError(400, "the body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, 'the body must be {"format": ..., "type": ...}')
         doc_format, doc_type = body.get("format"), body.get("type")
         if (doc_format, doc_type) != ("json", "notebook"):
             raise web.HTTPError(
@@ -184,19 +190,34 @@ class SessionHandler(APIHandler):
             )
         try:
             rid = await resource_id_for(session, path)
-            room = await state.server.open(rid, session, home=await home_of(state, session, rid))
-        except errors.NotFound as exc:
-            raise web.HTTPError(404, f"no such notebook: {path!r}") from exc
-        except errors.PermissionDenied as exc:
-            raise web.HTTPError(403, f"no access to {path!r}") from exc
         except ValueError as exc:
-            raise web.HTTPError(415, f"not a notebook: {path!r}: {exc}") from exc
+            raise web.HTTPError(400, f"not a valid path: {path!r}") from exc
         except errors.StorageError as exc:
-            raise web.HTTPError(503, f"storage unavailable for {path!r}: {exc}") from exc
+            raise _session_error(exc, path) from exc
+        try:
+            room = await state.server.open(rid, session, home=await home_of(state, session, rid))
+        except ValueError as exc:
+            raise web.HTTPError(415, f"not a notebook: {path!r}") from exc
+        except errors.StorageError as exc:
+            raise _session_error(exc, path) from exc
         self.set_status(201)
         self.finish(
             {"format": doc_format, "type": doc_type, "fileId": str(rid), "sessionId": room.lineage}
         )
+
+
+def _session_error(exc: errors.StorageError, path: str) -> web.HTTPError:
+    """The HTTP answer to a storage error while opening ``path`` (no internal references)."""
+    for cls, status, text in (
+        (errors.NotFound, 404, "no such notebook"),
+        (errors.PermissionDenied, 403, "no access to"),
+        (errors.Unauthenticated, 401, "CS3 session expired for"),
+        (errors.InvalidArgument, 400, "not a valid path"),
+        (errors.QuotaExceeded, 413, "too large"),
+    ):
+        if isinstance(exc, cls):
+            return web.HTTPError(status, f"{text}: {path!r}")
+    return web.HTTPError(503, f"storage unavailable for {path!r}")
 
 
 class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
