@@ -3,7 +3,7 @@
 #
 #   ./dev.sh demo    the main job: two sites (gateway + JupyterLab each), see the README
 #   ./dev.sh test    the whole test suite
-#   ./dev.sh bench   the benchmarks (see benchmarks/README.md)
+#   ./dev.sh bench   the benchmarks: ./dev.sh bench [fanout|traces|...] (benchmarks/README.md)
 #   ./dev.sh setup   only the set-up
 #
 # The set-up is idempotent and quick when nothing changed: a virtualenv in .venv with the
@@ -55,7 +55,10 @@ case "$cmd" in
         ;;
     bench)
         setup
-        exec "$VENV/bin/python" benchmarks/cs3_gateway.py "$@"
+        # ./dev.sh bench [script] [args]: a script of benchmarks/ (default cs3_gateway).
+        script=cs3_gateway
+        if [ $# -gt 0 ] && [[ $1 != _* ]] && [ -f "benchmarks/$1.py" ]; then script=$1; shift; fi
+        exec "$VENV/bin/python" "benchmarks/$script.py" "$@"
         ;;
     *)
         echo "usage: $0 demo|test|bench|setup [args...]" >&2

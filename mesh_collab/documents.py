@@ -211,6 +211,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             room.add_listener(self._on_updates)
             if pending_merge is not None:
                 await self._merge(pending_merge)
+                del pending_merge  # a parsed notebook: not kept for the room's life
             self._publish()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -329,7 +330,9 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             await self.updatelog.reset(self.name, self.lineage, self._base)
             await self.updatelog.set_base(self.name, self._base)
         self._known_etag, self._known_sha = info.etag, digest
-        changed = _content_sha(self._base) != digest
+        if logged is None and stored.state is None:
+            return doc, None  # just built from this very file
+        changed = await anyio.to_thread.run_sync(_content_sha, self._base) != digest
         return doc, (nb if changed else None)
 
     def _doc_from(self, stored: StoredNotebook) -> Doc:
@@ -506,10 +509,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             raise errors.LockConflict("not holding the lock", op="checkpoint", ref=self.name)
         doc = self.room.doc
         state = doc.get_update()
-        nb = _notebook_of(state)
+        # Building a large .ipynb takes hundreds of milliseconds: not on the event loop.
+        data = await anyio.to_thread.run_sync(_file_of, state)
         try:
             info, digest = await self.store.save(
-                session, nb, state=state, lineage=self.lineage, lock=lease.lock,
+                session, data, state=state, lineage=self.lineage, lock=lease.lock,
                 if_match=self._known_etag,
             )
         except errors.LockConflict:
@@ -563,9 +567,15 @@ def _notebook_of(state: bytes) -> dict[str, Any]:
     return notebook.to_notebook(YNotebook(ydoc=doc))
 
 
+def _file_of(state: bytes) -> bytes:
+    """The ``.ipynb`` bytes a document state is written as (safe in a worker thread: the
+    document it builds lives and dies there)."""
+    return notebook.to_bytes(_notebook_of(state))
+
+
 def _content_sha(state: bytes) -> str:
     """sha256 of the file a document state is written as."""
-    return sha256(notebook.to_bytes(_notebook_of(state)))
+    return sha256(_file_of(state))
 
 
 def _mark_saved(doc: Doc) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import FileInfo, Lock
-from mesh_collab.notebook import from_bytes, to_bytes
+from mesh_collab.notebook import from_bytes
 from mesh_collab.resources import ResourceId
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class CS3NotebookStore:
     async def save(
         self,
         session: Session,
-        notebook: dict[str, Any],
+        data: bytes,
         *,
         state: bytes,
         lineage: str,
@@ -137,6 +137,7 @@ class CS3NotebookStore:
         """Checkpoint: write the notebook (a new CS3 version) and its CRDT state.
 
         Args:
+            data: the ``.ipynb`` file's bytes (see :func:`mesh_collab.notebook.to_bytes`).
             lock: the lock we hold (sent with every write), or None when we hold none.
             if_match: the etag we last saw; the write fails if the file changed since.
 
@@ -148,7 +149,6 @@ class CS3NotebookStore:
             LockConflict: our lock is gone.
             StorageError: any other failure.
         """
-        data = to_bytes(notebook)
         digest = sha256(data)
         info = await session.files.write(self.resource_id, data, lock=lock, if_match=if_match)
         lock_id = lock.lock_id if lock else ""

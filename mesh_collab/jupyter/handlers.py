@@ -231,6 +231,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         await super().get(*args, **kwargs)
 
     async def open(self, room_id: str) -> None:  # type: ignore[override]
+        # Every keystroke is a small frame: Nagle's algorithm would hold each ~40 ms.
+        self.set_nodelay(True)
         state = mesh_state(self)
         self.channel = TornadoChannel(self, room_id)
         user = self.current_user
@@ -312,6 +314,8 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         return  # not a browser: peers authenticate with their own header
 
     async def open(self, room_id: str) -> None:  # type: ignore[override]
+        # Every keystroke is a small frame: Nagle's algorithm would hold each ~40 ms.
+        self.set_nodelay(True)
         state = mesh_state(self)
         self.channel = TornadoChannel(self, f"peer:{room_id}")
         site_name = self.request.headers.get(SITE_HEADER, "")
