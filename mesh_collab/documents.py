@@ -314,6 +314,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         """Build the document, keeping the lineage; return it and a file to merge in."""
         session = self._opener
         logged = await self.updatelog.load(self.name)
+        built_from_file = False
         if logged is not None:
             info, nb, digest = await self.store.read(session)
             doc = Doc()
@@ -326,12 +327,13 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             stored = await self.store.load(session)
             info, nb, digest = stored.info, stored.notebook, stored.sha256
             doc = self._doc_from(stored)
+            built_from_file = stored.state is None
             self._base = doc.get_update()
             await self.updatelog.reset(self.name, self.lineage, self._base)
             await self.updatelog.set_base(self.name, self._base)
         self._known_etag, self._known_sha = info.etag, digest
-        if logged is None and stored.state is None:
-            return doc, None  # just built from this very file
+        if built_from_file:
+            return doc, None  # just built from this very file: nothing to merge
         changed = await anyio.to_thread.run_sync(_content_sha, self._base) != digest
         return doc, (nb if changed else None)
 
