@@ -133,9 +133,14 @@ class YClient:
             pending, self._pending = self._pending, []
             if ws is None or ws.closed:
                 return  # a later connection's sync step 2 carries these edits
-            for frame in pending:
-                await ws.send_bytes(frame)
-                self.sent_frames += 1
+            try:
+                for frame in pending:
+                    await ws.send_bytes(frame)
+                    self.sent_frames += 1
+            except (aiohttp.ClientError, ConnectionError):
+                # The node went away mid-send (killed): the edits stay in our document, and
+                # the next connection's resync (sync step 2) carries them.
+                return
 
     async def send_raw(self, data: bytes) -> None:
         assert self._ws is not None
