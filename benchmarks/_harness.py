@@ -127,18 +127,24 @@ class Server:
         if self.kind == FLOOR:
             return f"{self.url.replace('http://', 'ws://')}{quote(name)}"
         assert self.http is not None
-        async with self.http.put(
-            f"{self.url}api/collaboration/session/{quote(name)}",
-            data=json.dumps({"format": "json", "type": "notebook"}),
-            headers={"Authorization": f"token {TOKEN}"},
-        ) as response:
-            body = await response.text()
-            if response.status not in (200, 201):
-                raise RuntimeError(f"{self.kind}: session {name}: {response.status} {body}")
-            session = json.loads(body)
-        room = f"json:notebook:{session['fileId']}"
-        query = f"sessionId={quote(session['sessionId'])}&token={TOKEN}"
-        return f"{self.ws_base}{room}?{query}"
+        return await open_session(self.http, self.url, TOKEN, name)
+
+
+async def open_session(http: aiohttp.ClientSession, url: str, token: str, name: str) -> str:
+    """Open notebook ``name`` like the frontend does (``PUT /api/collaboration/session/``) at
+    the Jupyter server ``url``; returns the room's websocket URL, with the session id."""
+    async with http.put(
+        f"{url}api/collaboration/session/{quote(name)}",
+        data=json.dumps({"format": "json", "type": "notebook"}),
+        headers={"Authorization": f"token {token}"},
+    ) as response:
+        body = await response.text()
+        if response.status not in (200, 201):
+            raise RuntimeError(f"{url}: session {name}: {response.status} {body}")
+        session = json.loads(body)
+    room = f"json:notebook:{session['fileId']}"
+    query = f"sessionId={quote(session['sessionId'])}&token={token}"
+    return f"{url.replace('http://', 'ws://')}api/collaboration/room/{room}?{query}"
 
 
 async def _announced(runtime: Path, proc: asyncio.subprocess.Process, log_path: Path) -> str:
@@ -304,6 +310,22 @@ def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def state_vector(state: bytes) -> dict[int, int]:
+    """Decode a Yjs state vector (``Doc.get_state()``): client id -> clock."""
+    count, pos = _read_uint(state, 0)
+    clocks = {}
+    for _ in range(count):
+        client, pos = _read_uint(state, pos)
+        clocks[client], pos = _read_uint(state, pos)
+    return clocks
+
+
+def holds(doc: Doc, target: dict[int, int]) -> bool:
+    """Whether ``doc`` has seen every client's clock in ``target`` (a decoded state vector)."""
+    have = state_vector(doc.get_state())
+    return all(have.get(client, 0) >= clock for client, clock in target.items())
+
+
 def sync_step1(state: bytes) -> bytes:
     return b"\x00\x00" + _uint(len(state)) + state
 
@@ -425,6 +447,76 @@ class YClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.doc.unobserve(self._sub)
+
+
+@dataclass
+class Typing:
+    """What :func:`type_and_measure` saw: latencies (seconds) per receiver, and how many
+    arrivals were expected."""
+
+    latencies: list[list[float]]
+    expected: int
+    seconds: float
+
+    @property
+    def all(self) -> list[float]:
+        return [x for per in self.latencies for x in per]
+
+
+async def type_and_measure(
+    typist: YClient, receivers: list[YClient], *, rate: float, seconds: float, warmup: float,
+    cell: int = 0, drain: float = 30.0,
+) -> Typing:
+    """Type ``rate`` keystrokes per second at the end of ``cell`` for ``warmup + seconds``;
+    return, for each receiver, the latency of every keystroke after the warm-up.
+
+    Latency runs from just before the typist's transaction to the moment a receiver read the
+    frame that brought the keystroke (keystroke k is in when the cell's text has grown by k
+    characters, so a frame carrying several keystrokes counts for each of them). After the
+    last keystroke it waits at most ``drain`` seconds for them to arrive everywhere.
+    """
+    base = len(cell_source(typist.doc, cell))
+    total = int((warmup + seconds) * rate)
+    first_measured = int(warmup * rate)
+    sent: list[float] = [0.0] * (total + 1)
+    latencies: list[list[float]] = [[] for _ in receivers]
+    all_in = asyncio.Event()
+    pending = {"left": len(receivers)}
+
+    def watcher(client: YClient, out: list[float]) -> Callable[[float], None]:
+        source = cell_source(client.doc, cell)
+        state = {"seen": 0}
+
+        def on_change(t: float) -> None:
+            have = len(source) - base
+            first = max(state["seen"] + 1, first_measured)
+            out.extend(t - sent[k] for k in range(first, have + 1))
+            if have > state["seen"]:
+                state["seen"] = have
+                if have >= total:
+                    pending["left"] -= 1
+                    if pending["left"] == 0:
+                        all_in.set()
+
+        return on_change
+
+    for client, out in zip(receivers, latencies, strict=True):
+        client.on_change = watcher(client, out)
+    source = cell_source(typist.doc, cell)
+    wall0 = time.perf_counter()
+    start = time.perf_counter() + 0.05
+    for k in range(1, total + 1):
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[k] = time.perf_counter()
+        await typist.edit(lambda doc, at=base + k - 1: source.insert(at, "x"))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_in.wait(), drain)
+    for client in receivers:
+        client.on_change = None
+    expected = (total - first_measured + 1) * len(receivers)
+    return Typing(latencies, expected, time.perf_counter() - wall0)
 
 
 def cells(doc: Doc) -> Array:

@@ -49,17 +49,25 @@ def keystrokes(n: int) -> list[bytes]:
 
 
 class Listener:
-    """Counts the update frames a room relays to one client."""
+    """Applies the updates a room relays to one client; counts the keystrokes it holds.
+
+    A room may relay several keystrokes in one frame (mesh_collab merges a batch's updates),
+    so what counts is the text's length, not the number of frames.
+    """
 
     def __init__(self, channel: MemoryChannel) -> None:
         self.channel = channel
+        self.doc = Doc()
+        self.text = self.doc.get("source", type=Text)
         self.count = 0
         self.changed = anyio.Event()
 
     async def run(self) -> None:
         async for message in self.channel:
-            if message[:2] == b"\x00\x02":
-                self.count += 1
+            frame = protocol.parse(message)
+            if frame.kind in (protocol.Kind.UPDATE, protocol.Kind.SYNC_STEP2):
+                self.doc.apply_update(frame.payload)
+                self.count = len(self.text)
                 self.changed.set()
                 self.changed = anyio.Event()
 

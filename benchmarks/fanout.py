@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from typing import Any
 
 import _harness as h
@@ -40,53 +39,14 @@ async def run_n(
 
     await asyncio.gather(*(join(c) for c in clients))
     typist, receivers = clients[0], clients[1:]
-    base = len(h.cell_source(typist.doc, 0))
-    total = int((warmup + seconds) * RATE)
-    first_measured = int(warmup * RATE)
-    sent: list[float] = [0.0] * (total + 1)
-    latencies: list[float] = []
-    all_in = asyncio.Event()
-    pending = {"left": len(receivers)}
-
-    def watcher(client: h.YClient) -> Any:
-        source = h.cell_source(client.doc, 0)
-        state = {"seen": 0}
-
-        def on_change(t: float) -> None:
-            have = len(source) - base
-            first = max(state["seen"] + 1, first_measured)
-            latencies.extend(t - sent[k] for k in range(first, have + 1))
-            if have > state["seen"]:
-                state["seen"] = have
-                if have >= total:
-                    pending["left"] -= 1
-                    if pending["left"] == 0:
-                        all_in.set()
-
-        return on_change
-
-    for client in receivers:
-        client.on_change = watcher(client)
-    source = h.cell_source(typist.doc, 0)
-    cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
-    start = time.perf_counter() + 0.05
-    for k in range(1, total + 1):
-        delay = start + k / RATE - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sent[k] = time.perf_counter()
-        await typist.edit(lambda doc, at=base + k - 1: source.insert(at, "x"))
-    try:
-        await asyncio.wait_for(all_in.wait(), 30)
-    except TimeoutError:
-        pass
+    cpu0 = server.cpu_seconds()
+    typing = await h.type_and_measure(typist, receivers, rate=RATE, seconds=seconds,
+                                      warmup=warmup)
     cpu = server.cpu_seconds() - cpu0
-    wall = time.perf_counter() - wall0
     rss = server.rss()
-    measured = (total - first_measured + 1) * len(receivers)
     closes = [c.close_code for c in clients if c.closed.is_set()]
     await asyncio.gather(*(c.close() for c in clients))
-    ms = [x * 1000 for x in latencies]
+    ms = [x * 1000 for x in typing.all]
     return {
         "server": server.kind,
         "N": n,
@@ -94,8 +54,8 @@ async def run_n(
         "p99_ms": h.percentile(ms, 99),
         "max_ms": max(ms) if ms else float("nan"),
         "samples": len(ms),
-        "missing": measured - len(ms),
-        "server_cpu_%": 100 * cpu / wall,
+        "missing": typing.expected - len(ms),
+        "server_cpu_%": 100 * cpu / typing.seconds,
         "server_rss_MiB": rss / 2**20,
         "closed_early": len(closes),
     }

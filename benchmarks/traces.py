@@ -93,7 +93,7 @@ def trace_text(doc: Doc) -> str | None:
 
 
 async def replay(
-    server: h.Server, name: str, frames: list[bytes], expected: str, n_txns: int
+    server: h.Server, name: str, updates: list[bytes], expected: str, n_txns: int
 ) -> dict[str, Any]:
     nb = f"trace-{name}.ipynb"
     await server.put_notebook(nb, EMPTY_NOTEBOOK)
@@ -104,19 +104,24 @@ async def replay(
     await reader.connect()
     await reader.wait_synced()
     await writer.connect(send_step1=False)
-    # Servers relay one frame per update, and may send frames of their own (mesh_collab
-    # marks the notebook saved after each checkpoint): once enough frames arrived, compare
-    # the text after every frame; the time is that of the frame that completed it.
+    # A server may relay the updates one frame each or merged (mesh_collab merges a batch's
+    # updates per client), and may send frames of its own (mesh_collab marks the notebook
+    # saved after each checkpoint): the trace has arrived when the reader's state vector
+    # covers the writer's last update; the text is compared then.
     arrived: list[float] = []
     check = asyncio.Event()
-    base_frames = reader.update_frames
 
     def on_change(t: float) -> None:
-        if reader.update_frames - base_frames >= len(frames):
+        if h.holds(reader.doc, target):
             arrived.append(t)
             check.set()
 
     reader.on_change = on_change
+    frames = [h.update_frame(u) for u in updates]
+    final = Doc()
+    for update in updates:
+        final.apply_update(update)
+    target = h.state_vector(final.get_state())
     cpu0 = server.cpu_seconds()
     start = time.perf_counter()
     for i, frame in enumerate(frames):
@@ -186,7 +191,6 @@ async def main() -> None:
                     "final_chars": len(expected),
                 })
                 print(f"  {name}: in-process {len(txns) / typing_s:,.0f} txn/s", flush=True)
-                frames = [h.update_frame(u) for u in updates]
                 for kind in kinds:
                     n, text, limit_rate = len(txns), expected, limits[-1]["type_ops_per_s"]
                     if kind == h.STOCK and args.stock_limit and args.stock_limit < n:
@@ -195,7 +199,7 @@ async def main() -> None:
                         _, prefix_s, text = type_in_process(txns[:n])
                         limit_rate = n / prefix_s
                     async with start(kind) as server:
-                        row = await replay(server, name, frames[: n + 1], text, n)
+                        row = await replay(server, name, updates[: n + 1], text, n)
                     row["limit_ops_per_s"] = limit_rate
                     row["vs_limit"] = row["ops_per_s"] / limit_rate
                     rows.append(row)
@@ -205,6 +209,9 @@ async def main() -> None:
     h.print_table("Trace replay through the server, writer -> server -> reader", rows)
     h.write_results("traces", args, {"limit": limit, "traces": list(TRACES)},
                     {"in_process": limits, "replay": rows})
+    unequal = [f"{r['trace']} ({r['server']})" for r in rows if not r["text_equal"]]
+    if unequal:
+        raise SystemExit(f"the reader's text differs from the trace's: {', '.join(unequal)}")
 
 
 if __name__ == "__main__":

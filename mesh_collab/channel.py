@@ -90,6 +90,11 @@ class MemoryChannel:
         except ChannelClosed:
             raise StopAsyncIteration from None
 
+    async def shutdown(self) -> None:
+        """Stop sending, like a client that closes after its last frame: the other end
+        reads every frame sent so far, then sees the channel closed."""
+        self._send.close()
+
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if self.closed.is_set():
             return

@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Map
 
-from mesh_collab import errors, notebook
+from mesh_collab import errors, notebook, offload
 from mesh_collab.checkpoint import Checkpointer
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
@@ -334,7 +334,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._known_etag, self._known_sha = info.etag, digest
         if built_from_file:
             return doc, None  # just built from this very file: nothing to merge
-        changed = await anyio.to_thread.run_sync(_content_sha, self._base) != digest
+        changed = sha256(await offload.run(notebook.file_of_state, self._base)) != digest
         return doc, (nb if changed else None)
 
     def _doc_from(self, stored: StoredNotebook) -> Doc:
@@ -512,7 +512,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         doc = self.room.doc
         state = doc.get_update()
         # Building a large .ipynb takes hundreds of milliseconds: not on the event loop.
-        data = await anyio.to_thread.run_sync(_file_of, state)
+        data = await offload.run(notebook.file_of_state, state)
         try:
             info, digest = await self.store.save(
                 session, data, state=state, lineage=self.lineage, lock=lease.lock,
@@ -559,25 +559,6 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         if digest != self._known_sha:
             await self._merge(nb)
         self._known_etag, self._known_sha = info.etag, digest
-
-
-def _notebook_of(state: bytes) -> dict[str, Any]:
-    """The notebook a document state holds (read on a copy: reading may write, see
-    :func:`mesh_collab.notebook.to_notebook`)."""
-    doc = Doc()
-    doc.apply_update(state)
-    return notebook.to_notebook(YNotebook(ydoc=doc))
-
-
-def _file_of(state: bytes) -> bytes:
-    """The ``.ipynb`` bytes a document state is written as (safe in a worker thread: the
-    document it builds lives and dies there)."""
-    return notebook.to_bytes(_notebook_of(state))
-
-
-def _content_sha(state: bytes) -> str:
-    """sha256 of the file a document state is written as."""
-    return sha256(_file_of(state))
 
 
 def _mark_saved(doc: Doc) -> None:

@@ -35,9 +35,11 @@ from typing import Any
 
 import nbformat
 from jupyter_ydoc import YNotebook
-from pycrdt import Array, Map, Text
+from pycrdt import Array, Doc, Map, Text
 
-__all__ = ["MergeStats", "from_bytes", "load", "merge_into", "to_bytes", "to_notebook"]
+__all__ = [
+    "MergeStats", "file_of_state", "from_bytes", "load", "merge_into", "to_bytes", "to_notebook",
+]
 
 NotebookDict = dict[str, Any]
 
@@ -128,6 +130,18 @@ def to_bytes(nb: NotebookDict) -> bytes:
     node = nbformat.from_dict(copy.deepcopy(nb))  # type: ignore[no-untyped-call]
     text: str = nbformat.writes(node, version=4)  # type: ignore[no-untyped-call]
     return (text + "\n").encode("utf-8")
+
+
+def file_of_state(state: bytes) -> bytes:
+    """The ``.ipynb`` bytes an encoded document state is written as.
+
+    It builds its own document from ``state`` (reading a YNotebook may write to it, see
+    :func:`to_notebook`), so it shares nothing with a live one: safe in a worker thread or
+    process.
+    """
+    doc = Doc()
+    doc.apply_update(state)
+    return to_bytes(to_notebook(YNotebook(ydoc=doc)))
 
 
 def to_notebook(ynotebook: YNotebook) -> NotebookDict:

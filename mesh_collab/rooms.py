@@ -1,15 +1,27 @@
 """Room: one live CRDT document with its connected clients.
 
 A room owns a pycrdt ``Doc`` and serves any number of channels (browser websockets, peer
-links, in-process tests) with the y-websocket protocol. All of a room's work happens in one
-loop, which takes every message that arrived, applies them, then
+links, in-process tests) with the y-websocket protocol. A room's work happens in two tasks:
 
-1. appends the resulting document updates to the node's durable log and waits for the
-   commit (group commit: one fsync for the whole batch), and only then
-2. relays them to the other clients.
+- the *loop* takes every message that arrived (a batch), applies it to the document, and
+  hands the batch's document updates and replies to
+- the *committer*, which appends the updates to the node's durable log and waits for the
+  commit (group commit: one fsync for the whole batch), and only then relays them to the
+  other clients.
 
-So an update is on disk before anybody else has seen it, and a client that received an update
-can trust that a node crash will not take it back.
+So an update is on disk before any client has seen it, and a client that received an update
+can trust that a node crash will not take it back. The loop applies batch n + 1 while batch n
+commits; batches are committed and relayed strictly in order.
+
+Links to other nodes are the exception: the loop sends them a batch at once, while it
+commits, because the other node makes each update durable itself before its own clients see
+it. A crash of this node before the commit then loses nothing the mesh cannot give back (the
+other node and the author both hold the update, and resync on reconnect), and an edit
+crosses two sites with one fsync on its path instead of two.
+
+Consecutive document updates of one client in a batch are merged (``pycrdt.merge_updates``)
+and applied as one: one transaction, one log row and one frame per receiver instead of one
+per keystroke when a client sends faster than the room commits.
 
 Presence (awareness) is handled by the room itself, not by pycrdt's ``Awareness``: each
 client's state is stamped with the identity the node authenticated (name, CS3 user, site,
@@ -33,7 +45,7 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from pycrdt import Doc, get_update
+from pycrdt import Doc, get_update, merge_updates
 
 from mesh_collab import protocol
 from mesh_collab.channel import Channel, ChannelClosed
@@ -43,6 +55,10 @@ from mesh_collab.origins import ClientOrigin, Origin
 from mesh_collab.updatelog import UpdateLog
 
 _ids = itertools.count(1)
+
+#: Most updates merged into one. ``merge_updates`` is superlinear: measured on a real trace,
+#: 0.75 us per update for runs of 128, 1.9 us for 512 (applying them one by one: 2.2 us).
+_MAX_MERGE = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +152,8 @@ class Connection:
 
 @dataclass(frozen=True, slots=True)
 class _Out:
-    """A message to send after the commit: to ``target``, or to all but ``exclude``."""
+    """A message to send (to clients after the commit, to other nodes at once): to
+    ``target``, or to all but ``exclude``."""
 
     message: bytes
     target: Connection | None = None
@@ -175,6 +192,29 @@ class _Compact:
     lineage: str
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Batch:
+    """What the loop hands the committer: a batch's updates and everything it sends."""
+
+    updates: list[tuple[bytes, Origin | None]]
+    outgoing: list[_Out]
+    edits: list[_Edit]
+    compacts: list[_Compact]
+
+
+async def _send(stream: MemoryObjectSendStream[Any], item: Any) -> None:
+    """Hand ``item`` over without yielding to the event loop when the stream has room (an
+    ``await send`` costs a loop iteration either way, ~0.1 ms on every keystroke's path)."""
+    try:
+        stream.send_nowait(item)
+    except anyio.WouldBlock:
+        await stream.send(item)
+
+
+def _is_update(item: Any) -> bool:
+    return isinstance(item, _Msg) and item.frame.kind is protocol.Kind.UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +427,9 @@ class Room(anyio.AsyncContextManagerMixin):
     async def compact(self, lineage: str) -> None:
         """Replace the room's rows in the update log by one encoded state of the document.
 
-        It runs in the room loop between two batches, so no update can slip between the
-        state and the deletion of the rows it covers.
+        It runs in the committer between two commits, when every row in the log is in the
+        document (the document may be ahead of the log, never behind), so no update can slip
+        between the state and the deletion of the rows it covers.
 
         Raises:
             LocalStoreError: the log could not be compacted (it keeps its rows).
@@ -440,29 +481,73 @@ class Room(anyio.AsyncContextManagerMixin):
                     self.log.info("closing client room=%s reason=%s", self.name, exc)
                     conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
                     return
-                await self._inbox_send.send(_Msg(conn, frame))
+                await _send(self._inbox_send, _Msg(conn, frame))
         except ChannelClosed:
             return
 
     async def _loop(self) -> None:
-        async with self._inbox:
-            while True:
-                first = await self._inbox.receive()
-                batch = [first]
-                while len(batch) < 512:
-                    try:
-                        batch.append(self._inbox.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                edits = [item for item in batch if isinstance(item, _Edit)]
-                for item in batch:
-                    self._handle(item)
-                await self._commit()
-                for edit in edits:
+        # One batch may wait while another commits: the loop applies while the log writes.
+        to_commit, batches = anyio.create_memory_object_stream[_Batch](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._committer, batches)
+            async with self._inbox, to_commit:
+                while True:
+                    first = await self._inbox.receive()
+                    batch = [first]
+                    while len(batch) < 512:
+                        try:
+                            batch.append(self._inbox.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    self._handle_batch(batch)
+                    if self._tainted:
+                        self._purge()
+                    self._relay(self._outgoing, peers=True)
+                    await _send(to_commit, _Batch(
+                        self._pending_updates,
+                        self._outgoing,
+                        [item for item in batch if isinstance(item, _Edit)],
+                        [item for item in batch if isinstance(item, _Compact)],
+                    ))
+                    self._pending_updates, self._outgoing = [], []
+
+    async def _committer(self, batches: MemoryObjectReceiveStream[_Batch]) -> None:
+        async with batches:
+            async for batch in batches:
+                await self._commit(batch)
+                for edit in batch.edits:
                     edit.done.set()
-                for item in batch:
-                    if isinstance(item, _Compact):
-                        await self._compact(item)
+                for compact in batch.compacts:
+                    await self._compact(compact)
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        """Handle a batch in order; a run of one client's updates is applied as one."""
+        i = 0
+        while i < len(batch):
+            item = batch[i]
+            j = i + 1
+            if _is_update(item):
+                while (j < len(batch) and j - i < _MAX_MERGE and _is_update(batch[j])
+                       and batch[j].conn is item.conn):
+                    j += 1
+            if j - i > 1:
+                self._handle_updates(item.conn, [msg.frame.payload for msg in batch[i:j]])
+            else:
+                self._handle(item)
+            i = j
+
+    def _handle_updates(self, conn: Connection, updates: list[bytes]) -> None:
+        if conn.id not in self._connections:
+            return
+        try:
+            merged = merge_updates(*updates)
+        except ValueError:
+            # One of them is undecodable: handle them one by one, which names the culprit
+            # and keeps what came before it.
+            for update in updates:
+                self._handle(_Msg(conn, protocol.Frame(protocol.Kind.UPDATE, update)))
+            return
+        self._handle(_Msg(conn, protocol.Frame(protocol.Kind.UPDATE, merged)))
 
     def _handle(self, item: Any) -> None:
         if isinstance(item, _Msg):
@@ -493,10 +578,8 @@ class Room(anyio.AsyncContextManagerMixin):
             finally:
                 self._origin = None
 
-    async def _commit(self) -> None:
-        updates, self._pending_updates = self._pending_updates, []
-        if self._tainted:
-            self._purge()
+    async def _commit(self, batch: _Batch) -> None:
+        updates = batch.updates
         if updates and self.updatelog is not None:
             try:
                 await self.updatelog.append(self.name, [u for u, _ in updates])
@@ -505,24 +588,27 @@ class Room(anyio.AsyncContextManagerMixin):
                 self.log.error("update log failed room=%s updates=%d", self.name, len(updates))
         self._batches += 1
         self._updates += len(updates)
-        outgoing, self._outgoing = self._outgoing, []
-        for out in outgoing:
-            targets = [out.target] if out.target is not None else self._connections.values()
-            for conn in list(targets):
-                if conn is out.exclude or conn.close_code is not None:
-                    continue
-                if conn.peer is not None:
-                    if out.local_only:
-                        continue
-                    if out.author and out.author != conn.announced:
-                        # Tell the other node whose edit follows: it checks that user's rights.
-                        conn.announced = out.author
-                        announce = {"type": "author", "user": out.author}
-                        self._deliver(conn, protocol.control(announce))
-                self._deliver(conn, out.message)
+        self._relay(batch.outgoing, peers=False)
         if updates:
             for listener in list(self._listeners):
                 listener(updates)
+
+    def _relay(self, outgoing: list[_Out], *, peers: bool) -> None:
+        """Queue ``outgoing`` for the links to other nodes (``peers``) or for the clients."""
+        for out in outgoing:
+            if peers and out.local_only:
+                continue
+            targets = [out.target] if out.target is not None else self._connections.values()
+            for conn in list(targets):
+                if (conn.peer is not None) != peers:
+                    continue
+                if conn is out.exclude or conn.close_code is not None:
+                    continue
+                if peers and out.author and out.author != conn.announced:
+                    # Tell the other node whose edit follows: it checks that user's rights.
+                    conn.announced = out.author
+                    self._deliver(conn, protocol.control({"type": "author", "user": out.author}))
+                self._deliver(conn, out.message)
 
     def _deliver(self, conn: Connection, message: bytes) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The node's local update log: every update is durable here before anyone else sees it.
+"""The node's local update log: every update is durable here before any client sees it.
 
 One SQLite database per node, in WAL mode with ``synchronous=FULL``. Appends from all rooms
 are group-committed: while one commit is being written, new appends gather into the next
@@ -10,16 +10,24 @@ from its live document), replacing the rows it covers in one transaction. It nev
 ``merge_updates`` (superlinear) nor pycrdt-store's squash (which loses history in 0.1.5).
 
 Each room also keeps its *lineage*: an id naming the CRDT history the updates belong to.
+
+One thread owns the SQLite connection and runs every operation in order; a finished commit
+hands its result straight back to the event loop. (A thread pool hop per commit, anyio's
+``to_thread``, cost 0.6 ms on top of a 0.6 ms fsync, on the path of every keystroke.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import sqlite3
-from collections.abc import AsyncGenerator
+import threading
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -45,6 +53,53 @@ class _Batch:
     rows: list[tuple[str, bytes]] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+
+
+_Done = Callable[[Any, BaseException | None], None]
+
+
+class _Worker:
+    """The thread that runs the log's SQLite operations, one at a time, in order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], _Done, asyncio.AbstractEventLoop]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, done, loop = job
+            try:
+                result, error = fn(), None
+            except BaseException as exc:  # handed back to the caller on the loop
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(done, result, error)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+    def submit(self, fn: Callable[[], Any], done: _Done) -> None:
+        """Run ``fn()`` in the thread; then ``done(result, error)`` on this event loop."""
+        self._jobs.put((fn, done, asyncio.get_running_loop()))
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in the thread. It runs to its end even if the caller is cancelled."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.submit(fn, done)
+        return await asyncio.shield(future)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +132,16 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         self.durable = durable
         self.log = log or logging.getLogger(__name__)
         self._db: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
-        self._batch = _Batch()
-        self._wake = anyio.Event()
+        self._worker: _Worker | None = None
+        self._batch = _Batch()  # appends gathering for the next commit
+        self._committing: _Batch | None = None  # the commit being written
         self.commits = 0
         self.rows_written = 0
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._worker is None:
+            raise RuntimeError("UpdateLog is not open: use `async with UpdateLog(...)`")
+        return await self._worker.run(lambda: fn(*args))
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,26 +153,27 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[UpdateLog]:
+        self._worker = _Worker(f"updatelog {self.path.name}")
         try:
-            self._db = await self._run(self._open)
-        except sqlite3.Error as exc:
-            raise LocalStoreError(f"cannot open the update log {self.path}: {exc}") from exc
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer)
-                try:
-                    yield self
-                finally:
-                    # Let the last batch reach the disk before stopping the writer.
-                    with anyio.CancelScope(shield=True):
-                        if self._batch.rows:
-                            await self._batch.done.wait()
-                    tg.cancel_scope.cancel()
+            try:
+                self._db = await self._run(self._open)
+            except sqlite3.Error as exc:
+                raise LocalStoreError(f"cannot open the update log {self.path}: {exc}") from exc
+            try:
+                yield self
+            finally:
+                # Let the last batches reach the disk before closing.
+                with anyio.CancelScope(shield=True):
+                    for batch in (self._committing, self._batch):
+                        if batch is not None and batch.rows:
+                            await batch.done.wait()
         finally:
             db, self._db = self._db, None
             if db is not None:
                 with anyio.CancelScope(shield=True):
                     await self._run(db.close)
+            self._worker.stop()
+            self._worker = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -133,24 +191,26 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             raise
         db.execute("COMMIT")
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            batch, self._batch = self._batch, _Batch()
-            if not batch.rows:
-                batch.done.set()
-                continue
-            try:
-                with anyio.CancelScope(shield=True):
-                    await self._run(self._write_rows, batch.rows)
-            except sqlite3.Error as exc:
-                self.log.exception("update log write failed rows=%d", len(batch.rows))
-                batch.error = exc
+    def _commit_next(self) -> None:
+        """Start writing the gathered appends, unless a commit is being written (then its
+        end starts the next one): group commit."""
+        if self._committing is not None or not self._batch.rows or self._worker is None:
+            return
+        batch, self._batch = self._batch, _Batch()
+        self._committing = batch
+
+        def done(_result: object, error: BaseException | None) -> None:
+            if error is not None:
+                self.log.error("update log write failed rows=%d error=%s", len(batch.rows), error)
+                batch.error = error
             else:
                 self.commits += 1
                 self.rows_written += len(batch.rows)
             batch.done.set()
+            self._committing = None
+            self._commit_next()
+
+        self._worker.submit(lambda: self._write_rows(batch.rows), done)
 
     async def append(self, room: str, updates: list[bytes]) -> None:
         """Append updates of a room; returns once they are committed (with other rooms' ones).
@@ -162,7 +222,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             return
         batch = self._batch
         batch.rows.extend((room, u) for u in updates)
-        self._wake.set()
+        self._commit_next()
         await batch.done.wait()
         if batch.error is not None:
             raise LocalStoreError(f"update log write failed: {batch.error}") from batch.error

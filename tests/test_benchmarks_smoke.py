@@ -15,6 +15,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = {
     "fanout.py": "Fan-out latency",
+    "cross_site.py": "Keystroke latency across sites",
     "traces.py": "Trace replay through the server",
     "open_notebook.py": "Opening a notebook",
     "memory.py": "Server RSS with open rooms",

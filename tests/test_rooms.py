@@ -97,6 +97,51 @@ async def test_an_update_is_in_the_log_before_anyone_sees_it(tmp_path: Path) -> 
             assert stored is None or stored.updates
 
 
+class GatedLog(UpdateLog):
+    """A real update log whose commits wait until the test opens the gate."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = anyio.Event()
+        self.waiting = anyio.Event()
+
+    async def append(self, room: str, updates: list[bytes]) -> None:
+        self.waiting.set()
+        await self.gate.wait()
+        await super().append(room, updates)
+
+
+async def test_a_link_to_another_node_gets_updates_while_they_commit(tmp_path: Path) -> None:
+    """Clients see an update only once it is committed; a link to another node (which makes
+    it durable itself before its clients see it) gets it at once."""
+    from mesh_collab.rooms import Peer
+
+    async with GatedLog(tmp_path / "u.sqlite") as log, Room("r", updatelog=log) as room, \
+            anyio.create_task_group() as tg:
+        link_end, link = memory_channel_pair("link")
+        tg.start_soon(partial(room.serve, link_end, Identity("node:b", site="site-b"),
+                              peer=Peer(site="site-b")))
+        log.gate.set()  # let the joins through
+        async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
+            await room.flush()
+            log.gate = anyio.Event()
+            log.waiting = anyio.Event()
+            a.text += "x"
+            with anyio.fail_after(5):
+                await log.waiting.wait()
+                while True:  # the link's frames, until the update arrives
+                    frame = protocol.parse(await link.recv())
+                    if frame.kind is protocol.Kind.UPDATE:
+                        break
+            other = Doc()
+            other.apply_update(frame.payload)
+            assert str(other.get("source", type=Text)) == "x"
+            assert str(b.text) == ""  # not committed: the client has not seen it
+            log.gate.set()
+            await until(lambda: str(b.text) == "x", b.doc)
+        tg.cancel_scope.cancel()
+
+
 async def test_viewer_sees_edits_but_its_updates_are_refused(tmp_path: Path) -> None:
     async with room_with_log(tmp_path) as (room, _), anyio.create_task_group() as tg:
         async with (
@@ -334,5 +379,7 @@ async def test_linked_rooms_never_echo_and_store_each_update_once(tmp_path: Path
             assert to_a.updates_sent == 0  # nothing bounced back to its sender's node
             rows_a = await log_a.count("r")
             rows_b = await log_b.count("r")
-            assert rows_a == rows_b == room_a.stats.updates == room_b.stats.updates
+            # Each room logs what it applied once; B may merge A's relayed updates further.
+            assert rows_a == room_a.stats.updates
+            assert rows_b == room_b.stats.updates <= rows_a
         tg.cancel_scope.cancel()

@@ -2,12 +2,13 @@
 loop (not a benchmark; supports the finding in benchmarks/README.md, scenario 7).
 
 It builds the document of the generated 5 MB notebook, then turns its encoded state into the
-``.ipynb`` bytes exactly as ``NotebookRoom._checkpoint`` does (``_notebook_of`` then
-``notebook.to_bytes``) three ways, with a 1 ms sleep probe on the loop:
+``.ipynb`` bytes as ``NotebookRoom._checkpoint`` does (``notebook.file_of_state``), three
+ways, with a 1 ms sleep probe on the loop:
 
-* inline, on the event loop (what the code does today);
+* inline, on the event loop;
 * in a worker thread (``anyio.to_thread.run_sync``);
-* in a worker process (``concurrent.futures.ProcessPoolExecutor``).
+* in a worker process (``concurrent.futures.ProcessPoolExecutor``; the node uses anyio's
+  process pool through ``mesh_collab.offload`` for large states).
 
     .venv/bin/python benchmarks/experiments/checkpoint_offload.py
 """
@@ -28,11 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _harness as h
 
 from mesh_collab import notebook
-from mesh_collab.documents import _notebook_of
 
-
-def file_bytes(state: bytes) -> bytes:
-    return notebook.to_bytes(_notebook_of(state))
+file_bytes = notebook.file_of_state
 
 
 async def main() -> None:

@@ -1,0 +1,155 @@
+"""Benchmark: keystroke latency across sites, next to the raw relay floor of the same run.
+
+Two sites run as ``mesh-collab demo`` runs them (an embedded CS3 gateway and a JupyterLab
+node each, the nodes linked by the federation protocol, the notebook at site A shared with
+marie at site B over OCM). One client at site A (einstein) types 20 keystrokes per second
+into the shared notebook; the latency is measured at
+
+* ``site A -> site B``: clients of marie at site B (client -> node A -> node B -> client);
+* ``site A -> site A``: one more client of einstein at site A (one node, for reference);
+* ``floor``: the bare pycrdt relay of ``_floor_server.py`` with one typist and one receiver
+  (one loopback websocket relay, no persistence or checks: the best any server scores here).
+
+Latency is defined as in ``fanout.py``. The floor and the two sites run one after the other
+in the same run; all clients live in this process.
+
+    .venv/bin/python benchmarks/cross_site.py            # 15 s of typing; 1 and 10 at site B
+    .venv/bin/python benchmarks/cross_site.py --quick    # 2 s; 1 at site B
+"""
+
+# Reading the demo's stdout and writing small files from async code is set-up, on purpose.
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import _harness as h
+import aiohttp
+
+RATE = 20.0  # keystrokes per second
+CELL = 1  # the code cell of the demo's welcome.ipynb
+
+
+@contextlib.asynccontextmanager
+async def demo(root: Path) -> AsyncIterator[list[dict[str, str]]]:
+    """Run ``mesh-collab demo``; yield its sites (the JSON line it prints)."""
+    log = (root / "demo.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "demo",
+        "--root", str(root / "demo"), stdout=asyncio.subprocess.PIPE, stderr=log,
+    )
+    try:
+        assert proc.stdout is not None
+        sites: list[dict[str, str]] = []
+        while not sites:
+            line = await asyncio.wait_for(proc.stdout.readline(), 180)
+            if not line:
+                raise RuntimeError(f"the demo exited:\n{(root / 'demo.log').read_text()[-3000:]}")
+            if line.startswith(b'{"sites"'):
+                sites = json.loads(line)["sites"]
+        yield sites
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+
+
+async def joined(http: aiohttp.ClientSession, url: str, n: int) -> list[h.YClient]:
+    clients = [h.YClient(http, url) for _ in range(n)]
+    for client in clients:
+        await client.connect()
+        await client.wait_synced()
+    return clients
+
+
+def row(path: str, n: int, latencies: list[float], expected: int) -> dict[str, Any]:
+    ms = [x * 1000 for x in latencies]
+    return {
+        "path": path,
+        "receivers": n,
+        "p50_ms": h.percentile(ms, 50),
+        "p99_ms": h.percentile(ms, 99),
+        "max_ms": max(ms) if ms else float("nan"),
+        "samples": len(ms),
+        "missing": expected - len(ms),
+    }
+
+
+async def floor(base: Path, seconds: float, warmup: float) -> dict[str, Any]:
+    async with h.floor_server(base / "floor") as server:
+        await server.put_notebook("floor.ipynb", (h.NOTEBOOKS / "Running_Code.ipynb").read_bytes())
+        url = await server.open_session("floor.ipynb")
+        assert server.http is not None
+        typist, receiver = await joined(server.http, url, 2)
+        typing = await h.type_and_measure(typist, [receiver], rate=RATE, seconds=seconds,
+                                          warmup=warmup)
+        await typist.close()
+        await receiver.close()
+    return row("floor (one relay)", 1, typing.all, typing.expected)
+
+
+async def across(base: Path, receivers_b: list[int], seconds: float,
+                 warmup: float) -> list[dict[str, Any]]:
+    rows = []
+    async with demo(base) as (site_a, site_b), aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0)
+    ) as http:
+        url_a, url_b = [await h.open_session(http, s["url"], s["token"], s["notebook"])
+                        for s in (site_a, site_b)]
+        typist, same_site = await joined(http, url_a, 2)
+        # Warm the link up (first frames, lazily opened rooms) before measuring.
+        warm = await joined(http, url_b, 1)
+        await h.type_and_measure(typist, [same_site, *warm], rate=RATE, seconds=1.0,
+                                 warmup=0.2, cell=CELL)
+        await warm[0].close()
+        for n in receivers_b:
+            others = await joined(http, url_b, n)
+            typing = await h.type_and_measure(typist, [same_site, *others], rate=RATE,
+                                              seconds=seconds, warmup=warmup, cell=CELL)
+            per = typing.expected // (n + 1)
+            rows.append(row("site A -> site A (one node)", 1, typing.latencies[0], per))
+            rows.append(row("site A -> site B (two nodes)", n,
+                            [x for lat in typing.latencies[1:] for x in lat], per * n))
+            print(f"  {n} at site B: p50 {rows[-1]['p50_ms']:.2f} ms, "
+                  f"p99 {rows[-1]['p99_ms']:.2f} ms", flush=True)
+            await asyncio.gather(*(c.close() for c in others))
+        await typist.close()
+        await same_site.close()
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    h.add_common_args(parser)
+    parser.add_argument("--seconds", type=float, default=None, help="typing time per run")
+    args = parser.parse_args()
+    seconds = args.seconds or (2.0 if args.quick else 15.0)
+    warmup = 0.5 if args.quick else 1.0
+    receivers_b = [1] if args.quick else [1, 10]
+    with h.workdir() as base:
+        floor_row = await floor(base, seconds, warmup)
+        print(f"  floor: p50 {floor_row['p50_ms']:.2f} ms, p99 {floor_row['p99_ms']:.2f} ms",
+              flush=True)
+        rows = [floor_row, *await across(base, receivers_b, seconds, warmup)]
+    for r in rows:
+        r["p99_vs_floor"] = r["p99_ms"] / floor_row["p99_ms"]
+    h.print_table(f"Keystroke latency across sites ({RATE:.0f} keys/s)", rows)
+    h.write_results("cross_site", args, {"seconds": seconds, "warmup": warmup, "rate": RATE,
+                                         "receivers_at_b": receivers_b}, rows)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
