@@ -1,0 +1,53 @@
+"""offload: large inputs run in a worker process, small ones in a thread, same results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from jupyter_ydoc import YNotebook
+from pycrdt import Doc
+
+from mesh_collab import notebook, offload
+
+DATA = Path("/work/shared/data/notebooks")
+
+
+def pid_of(_data: bytes) -> int:
+    return os.getpid()
+
+
+def state_of(name: str) -> bytes:
+    doc = Doc()
+    notebook.load(YNotebook(ydoc=doc), notebook.from_bytes((DATA / name).read_bytes()))
+    return doc.get_update()
+
+
+async def test_a_large_state_is_encoded_in_another_process_with_the_same_bytes() -> None:
+    state = state_of("02_end_to_end_machine_learning_project.ipynb")
+    assert len(state) >= offload.PROCESS_THRESHOLD
+    assert await offload.run(pid_of, state) != os.getpid()
+    assert await offload.run(notebook.file_of_state, state) == notebook.file_of_state(state)
+
+
+async def test_a_small_state_stays_in_this_process() -> None:
+    state = state_of("Running_Code.ipynb")
+    assert len(state) < offload.PROCESS_THRESHOLD
+    assert await offload.run(pid_of, state) == os.getpid()
+    assert await offload.run(notebook.file_of_state, state) == notebook.file_of_state(state)
+
+
+async def test_without_worker_processes_it_falls_back_to_threads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def cannot_start(*args: object, **kwargs: object) -> None:
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(offload.anyio.to_process, "run_sync", cannot_start)
+    monkeypatch.setattr(offload, "_process_broken", False)
+    large = b"x" * offload.PROCESS_THRESHOLD
+    assert await offload.run(pid_of, large) == os.getpid()
+    assert "worker processes cannot start" in caplog.text
+    assert await offload.run(pid_of, large) == os.getpid()  # and says it only once
+    assert caplog.text.count("worker processes") == 1
