@@ -484,6 +484,8 @@ class Room(anyio.AsyncContextManagerMixin):
                 await _send(self._inbox_send, _Msg(conn, frame))
         except ChannelClosed:
             return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the room's loop is gone: the room is closing
 
     async def _loop(self) -> None:
         # One batch may wait while another commits: the loop applies while the log writes.
@@ -503,13 +505,19 @@ class Room(anyio.AsyncContextManagerMixin):
                     if self._tainted:
                         self._purge()
                     self._relay(self._outgoing, peers=True)
-                    await _send(to_commit, _Batch(
+                    done = _Batch(
                         self._pending_updates,
                         self._outgoing,
                         [item for item in batch if isinstance(item, _Edit)],
                         [item for item in batch if isinstance(item, _Compact)],
-                    ))
+                    )
                     self._pending_updates, self._outgoing = [], []
+                    try:
+                        await _send(to_commit, done)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        # The committer was cancelled first: the room is closing. (anyio
+                        # cancels a task only while it waits, and this one had just woken.)
+                        return
 
     async def _committer(self, batches: MemoryObjectReceiveStream[_Batch]) -> None:
         async with batches:

@@ -258,6 +258,13 @@ class MeshCollabApp(ExtensionApp):
         than checkpoint_quiet_period.""",
     ).tag(config=True)
 
+    file_poll_interval = Float(
+        5.0,
+        help="""Seconds between two checks of a live notebook's file in CS3 (default 5): a
+        change written behind the room's back (another application, a sync client, a
+        restored version) is merged into the live document at the next check.""",
+    ).tag(config=True)
+
     lock_expiry = Float(
         60.0,
         help="""Expiry of the CS3 lock the primary holds on a live notebook, in seconds
@@ -370,6 +377,7 @@ class MeshCollabApp(ExtensionApp):
         "transfer_timeout",
         "checkpoint_quiet_period",
         "checkpoint_max_interval",
+        "file_poll_interval",
         "lock_expiry",
         "stop_timeout",
     )

@@ -75,7 +75,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         lock_expiry=config.lock_expiry,
         quiet_period=config.checkpoint_quiet_period,
         max_interval=config.checkpoint_max_interval,
-        poll_interval=getattr(config, "file_poll_interval", 5.0),
+        poll_interval=config.file_poll_interval,
         max_message_size=config.max_message_size,
         max_notebook_size=config.max_notebook_size,
     )

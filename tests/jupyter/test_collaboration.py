@@ -164,3 +164,26 @@ async def test_session_for_a_missing_notebook_is_404(node: Node, path: str) -> N
         "PUT", f"collaboration/session/{path}", body={"format": "json", "type": "notebook"}
     )
     assert response.status_code == 404
+
+
+async def test_a_file_written_behind_the_room_is_merged_at_the_configured_poll(
+    node_factory: NodeFactory, gateway, einstein: Session
+) -> None:
+    node = await node_factory(gateway, file_poll_interval=0.3)
+    info = await einstein.files.write(
+        "/home/einstein/ext.ipynb", (DATA / "Running_Code.ipynb").read_bytes()
+    )
+    s = await open_session(node, "ext.ipynb")
+    server = node.state.server
+    assert server is not None and server.settings.poll_interval == 0.3
+    params = {"sessionId": s["sessionId"], "token": TOKEN}
+    async with node_peer(ws_base(node), f"json:notebook:{s['fileId']}", params) as a:
+        await a.send(op="append", cell=5, text="\n# unsaved live edit")
+        await a.until(lambda d: d["cells"][5].endswith("# unsaved live edit"))
+        # A tool that shares the room's lock (e.g. a sync client of the same owner) writes.
+        disk = json.loads((DATA / "Running_Code.ipynb").read_bytes())
+        disk["cells"][2]["source"] = "EXTERNAL " + "".join(disk["cells"][2]["source"])
+        (room,) = server.rooms.values()
+        await einstein.files.write(info.id, notebook.to_bytes(disk), lock=room._lease.lock)
+        state = await a.until(lambda d: d["cells"][2].startswith("EXTERNAL "))
+        assert state["cells"][5].endswith("# unsaved live edit")
