@@ -140,7 +140,9 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._lease: LockLease | None = None
         self._known_etag = ""
         self._known_sha = ""
-        self._base = b""
+        # The base of the next three-way merge lives in the update log, not in memory (it is
+        # as large as the document); here only while the log cannot store it.
+        self._unstored_base: bytes | None = None
         self._compacted_at = 0
         self._lock_state = "none"
         self._holder = ""
@@ -321,20 +323,23 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             for update in logged.updates:
                 doc.apply_update(update)
             self.lineage = logged.lineage
-            self._base = logged.base or doc.get_update()
+            base = logged.base
+            if base is None:
+                base = doc.get_update()
+                await self._set_base(base)
             self.log.info("room loaded from the local log room=%s", self.name)
         else:
             stored = await self.store.load(session)
             info, nb, digest = stored.info, stored.notebook, stored.sha256
             doc = self._doc_from(stored)
             built_from_file = stored.state is None
-            self._base = doc.get_update()
-            await self.updatelog.reset(self.name, self.lineage, self._base)
-            await self.updatelog.set_base(self.name, self._base)
+            base = doc.get_update()
+            await self.updatelog.reset(self.name, self.lineage, base)
+            await self._set_base(base)
         self._known_etag, self._known_sha = info.etag, digest
         if built_from_file:
             return doc, None  # just built from this very file: nothing to merge
-        changed = sha256(await offload.run(notebook.file_of_state, self._base)) != digest
+        changed = sha256(await offload.run(notebook.file_of_state, base)) != digest
         return doc, (nb if changed else None)
 
     def _doc_from(self, stored: StoredNotebook) -> Doc:
@@ -364,9 +369,31 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         live document as a concurrent edit: collaborators' unsaved edits survive, unchanged
         cells keep their identity, edited cells change granularly.
         """
-        self._base, stats = await self._merge_from(self._base, nb, StorageOrigin("external"))
-        await self.updatelog.set_base(self.name, self._base)
+        base, stats = await self._merge_from(await self._get_base(), nb, StorageOrigin("external"))
+        await self._set_base(base)
         self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+
+    async def _set_base(self, state: bytes) -> None:
+        """Remember the document state that matches the file in storage."""
+        try:
+            await self.updatelog.set_base(self.name, state)
+        except errors.LocalStoreError as exc:
+            self.log.error("base kept in memory room=%s error=%s", self.name, exc)
+            self._unstored_base = state
+        else:
+            self._unstored_base = None
+
+    async def _get_base(self) -> bytes:
+        if self._unstored_base is not None:
+            return self._unstored_base
+        try:
+            base = await self.updatelog.base(self.name)
+        except errors.LocalStoreError as exc:
+            self.log.error("base unreadable room=%s error=%s", self.name, exc)
+            base = None
+        # Without a base, the live document stands in: the merge then keeps every live edit
+        # and takes the file's changes where they do not overlap.
+        return base if base is not None else self.room.doc.get_update()
 
     async def _merge_from(
         self, state: bytes, nb: dict[str, Any], origin: Origin
@@ -525,8 +552,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             await self._check_file()
             raise
         self._known_etag, self._known_sha = info.etag, digest
-        self._base = state
-        await self.updatelog.set_base(self.name, state)
+        await self._set_base(state)
         # Tell the frontends the notebook is saved (its "dirty" dot), as jupyter-collaboration
         # does after a save.
         await self.room.edit(_mark_saved, SAVED)

@@ -296,6 +296,19 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         except sqlite3.Error as exc:
             raise LocalStoreError(f"cannot store the base state: {exc}") from exc
 
+    async def base(self, room: str) -> bytes | None:
+        """The base state stored by :meth:`set_base`, or None.
+
+        Raises:
+            LocalStoreError: the log cannot be read.
+        """
+        query = "SELECT base FROM rooms WHERE room = ?"
+        try:
+            row = await self._run(lambda: self.db.execute(query, (room,)).fetchone())
+        except sqlite3.Error as exc:
+            raise LocalStoreError(f"cannot read the update log: {exc}") from exc
+        return None if row is None else row[0]
+
     async def count(self, room: str) -> int:
         """The number of rows the log holds for a room (a compaction signal)."""
         query = "SELECT COUNT(*) FROM updates WHERE room = ?"

@@ -89,3 +89,15 @@ async def test_reset_replaces_the_rows_by_one_state(tmp_path: Path) -> None:
         stored = await log.load("r")
     assert stored is not None and stored.lineage == "new" and len(stored.updates) == 1
     assert replayed(stored.updates) == text
+
+
+async def test_the_base_state_is_kept_per_room(tmp_path: Path) -> None:
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        assert await log.base("r") is None
+        await log.reset("r", "lineage", b"\x00\x00")
+        assert await log.base("r") is None
+        await log.set_base("r", b"state-1")
+        await log.reset("r", "lineage", b"\x00\x00")  # compaction keeps the base
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        assert await log.base("r") == b"state-1"
+        assert await log.base("other") is None
