@@ -134,7 +134,9 @@ async def one_in_flight(log: UpdateLog | None, frames: list[bytes]) -> float:
 async def _hosted_room(
     name: str, log: UpdateLog | None, stop: anyio.Event, *, task_status: Any
 ) -> None:
-    async with Room(name, updatelog=log) as room:
+    # The listener decodes every frame in this same process and may fall far behind: it must
+    # not count as a client too slow to keep (the room closes those at 4096 queued frames).
+    async with Room(name, updatelog=log, outbox_size=10**6) as room:
         task_status.started(room)
         await stop.wait()
 

@@ -52,7 +52,7 @@ from mesh_collab.channel import Channel, ChannelClosed
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.errors import LocalStoreError, ProtocolError, RoomClosed
 from mesh_collab.origins import ClientOrigin, Origin
-from mesh_collab.updatelog import UpdateLog
+from mesh_collab.updatelog import Commit, UpdateLog
 
 _ids = itertools.count(1)
 
@@ -199,6 +199,7 @@ class _Batch:
     """What the loop hands the committer: a batch's updates and everything it sends."""
 
     updates: list[tuple[bytes, Origin | None]]
+    commit: Commit | None
     outgoing: list[_Out]
     edits: list[_Edit]
     compacts: list[_Compact]
@@ -505,8 +506,13 @@ class Room(anyio.AsyncContextManagerMixin):
                     if self._tainted:
                         self._purge()
                     self._relay(self._outgoing, peers=True)
+                    updates = self._pending_updates
+                    # The commit starts now; the committer waits for it, then relays.
+                    commit = (self.updatelog.start_append(self.name, [u for u, _ in updates])
+                              if updates and self.updatelog is not None else None)
                     done = _Batch(
-                        self._pending_updates,
+                        updates,
+                        commit,
                         self._outgoing,
                         [item for item in batch if isinstance(item, _Edit)],
                         [item for item in batch if isinstance(item, _Compact)],
@@ -588,9 +594,9 @@ class Room(anyio.AsyncContextManagerMixin):
 
     async def _commit(self, batch: _Batch) -> None:
         updates = batch.updates
-        if updates and self.updatelog is not None:
+        if batch.commit is not None:
             try:
-                await self.updatelog.append(self.name, [u for u, _ in updates])
+                await batch.commit.wait()
             except LocalStoreError:
                 # The document and checkpoints still hold the updates; say it loudly.
                 self.log.error("update log failed room=%s updates=%d", self.name, len(updates))

@@ -49,10 +49,22 @@ CREATE TABLE IF NOT EXISTS rooms (
 
 
 @dataclass
-class _Batch:
+class Commit:
+    """Appends that are committed together (see :meth:`UpdateLog.start_append`)."""
+
     rows: list[tuple[str, bytes]] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+
+    async def wait(self) -> None:
+        """Return once the rows are durable.
+
+        Raises:
+            LocalStoreError: the commit failed (the rows are not stored).
+        """
+        await self.done.wait()
+        if self.error is not None:
+            raise LocalStoreError(f"update log write failed: {self.error}") from self.error
 
 
 _Done = Callable[[Any, BaseException | None], None]
@@ -133,8 +145,8 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         self.log = log or logging.getLogger(__name__)
         self._db: sqlite3.Connection | None = None
         self._worker: _Worker | None = None
-        self._batch = _Batch()  # appends gathering for the next commit
-        self._committing: _Batch | None = None  # the commit being written
+        self._batch = Commit()  # appends gathering for the next commit
+        self._committing: Commit | None = None  # the commit being written
         self.commits = 0
         self.rows_written = 0
 
@@ -196,7 +208,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         end starts the next one): group commit."""
         if self._committing is not None or not self._batch.rows or self._worker is None:
             return
-        batch, self._batch = self._batch, _Batch()
+        batch, self._batch = self._batch, Commit()
         self._committing = batch
 
         def done(_result: object, error: BaseException | None) -> None:
@@ -218,14 +230,16 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         Raises:
             LocalStoreError: the commit failed (the updates are not stored).
         """
-        if not updates:
-            return
-        batch = self._batch
-        batch.rows.extend((room, u) for u in updates)
+        if updates:
+            await self.start_append(room, updates).wait()
+
+    def start_append(self, room: str, updates: list[bytes]) -> Commit:
+        """Queue updates of a room for the next commit, and start it if none is being written
+        (so the fsync runs while the caller goes on); ``await commit.wait()`` for the result."""
+        commit = self._batch
+        commit.rows.extend((room, u) for u in updates)
         self._commit_next()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise LocalStoreError(f"update log write failed: {batch.error}") from batch.error
+        return commit
 
     async def load(self, room: str) -> RoomLog | None:
         """Return the room's lineage and updates, or None if the log never saw it.

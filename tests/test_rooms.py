@@ -15,7 +15,7 @@ from mesh_collab import protocol
 from mesh_collab.channel import MemoryChannel, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.rooms import Identity, Room
-from mesh_collab.updatelog import UpdateLog
+from mesh_collab.updatelog import Commit, UpdateLog
 
 EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")
 MARIE = Identity("marie", "Marie Curie", site="site-a", user_id="site-a/marie")
@@ -105,10 +105,16 @@ class GatedLog(UpdateLog):
         self.gate = anyio.Event()
         self.waiting = anyio.Event()
 
-    async def append(self, room: str, updates: list[bytes]) -> None:
+    def start_append(self, room: str, updates: list[bytes]) -> Commit:
         self.waiting.set()
-        await self.gate.wait()
-        await super().append(room, updates)
+        gate, commit = self.gate, super().start_append(room, updates)
+
+        class Gated(Commit):
+            async def wait(self) -> None:
+                await gate.wait()
+                await commit.wait()
+
+        return Gated()
 
 
 async def test_a_link_to_another_node_gets_updates_while_they_commit(tmp_path: Path) -> None:
