@@ -38,7 +38,7 @@ from mesh_collab.checkpoint import Checkpointer
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
 from mesh_collab.cs3.models import Lock
-from mesh_collab.cs3.store import CS3NotebookStore, StoredNotebook, sha256
+from mesh_collab.cs3.store import CS3NotebookStore, StoredNotebook, parse, sha256
 from mesh_collab.federation.directory import MeshDirectory, Site
 from mesh_collab.federation.link import PeerLink
 from mesh_collab.origins import Origin, StorageOrigin
@@ -318,7 +318,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         logged = await self.updatelog.load(self.name)
         built_from_file = False
         if logged is not None:
-            info, nb, digest = await self.store.read(session)
+            info, data = await self.store.read_bytes(session)
+            digest = sha256(data)
             doc = Doc()
             for update in logged.updates:
                 doc.apply_update(update)
@@ -330,8 +331,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             self.log.info("room loaded from the local log room=%s", self.name)
         else:
             stored = await self.store.load(session)
-            info, nb, digest = stored.info, stored.notebook, stored.sha256
-            doc = self._doc_from(stored)
+            info, data, digest = stored.info, stored.data, stored.sha256
+            doc = await self._doc_from(stored)
             built_from_file = stored.state is None
             base = doc.get_update()
             await self.updatelog.reset(self.name, self.lineage, base)
@@ -339,10 +340,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._known_etag, self._known_sha = info.etag, digest
         if built_from_file:
             return doc, None  # just built from this very file: nothing to merge
-        changed = sha256(await offload.run(notebook.file_of_state, base)) != digest
-        return doc, (nb if changed else None)
+        if sha256(await offload.run(notebook.file_of_state, base)) == digest:
+            return doc, None
+        return doc, await parse(data)  # changed since the base: merge it
 
-    def _doc_from(self, stored: StoredNotebook) -> Doc:
+    async def _doc_from(self, stored: StoredNotebook) -> Doc:
         if stored.state is not None and stored.lineage:
             doc = Doc()
             doc.apply_update(stored.state)
@@ -353,10 +355,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         # same items (client id 0, content-derived cell ids) and the same lineage id, so two
         # nodes that both had to start from the file still merge without duplicates. Edits
         # then go through a document with its own random client id.
-        seed = Doc(client_id=0)
-        notebook.load(YNotebook(ydoc=seed), stored.notebook)
         doc = Doc()
-        doc.apply_update(seed.get_update())
+        doc.apply_update(await offload.run(notebook.seed_state, stored.data))
         self.lineage = f"file-{stored.sha256[:32]}"
         self.log.info("room loaded from the notebook file (new lineage) room=%s", self.name)
         return doc

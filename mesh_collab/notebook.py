@@ -38,7 +38,8 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Array, Doc, Map, Text
 
 __all__ = [
-    "MergeStats", "file_of_state", "from_bytes", "load", "merge_into", "to_bytes", "to_notebook",
+    "MergeStats", "file_of_state", "from_bytes", "load", "merge_into", "seed_state", "to_bytes",
+    "to_notebook",
 ]
 
 NotebookDict = dict[str, Any]
@@ -142,6 +143,19 @@ def file_of_state(state: bytes) -> bytes:
     doc = Doc()
     doc.apply_update(state)
     return to_bytes(to_notebook(YNotebook(ydoc=doc)))
+
+
+def seed_state(data: bytes) -> bytes:
+    """The encoded state of the document a new history starts from, built from ``.ipynb``
+    bytes: deterministic (client id 0, content-derived cell ids), so that every node that
+    starts from the same bytes builds the same items. Safe in a worker thread or process.
+
+    Raises:
+        ValueError: ``data`` is not a valid notebook.
+    """
+    seed = Doc(client_id=0)
+    load(YNotebook(ydoc=seed), from_bytes(data))
+    return seed.get_update()
 
 
 def to_notebook(ynotebook: YNotebook) -> NotebookDict:

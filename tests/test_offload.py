@@ -31,6 +31,22 @@ async def test_a_large_state_is_encoded_in_another_process_with_the_same_bytes()
     assert await offload.run(notebook.file_of_state, state) == notebook.file_of_state(state)
 
 
+async def test_a_new_lineage_built_in_another_process_is_the_same_history() -> None:
+    """Every node starting from the same file must build the same items: the worker's
+    document and one built here merge without duplicates."""
+    data = (DATA / "02_end_to_end_machine_learning_project.ipynb").read_bytes()
+    assert len(data) >= offload.PROCESS_THRESHOLD
+    there, here = await offload.run(notebook.seed_state, data), notebook.seed_state(data)
+    a, b = Doc(), Doc()
+    a.apply_update(there)
+    b.apply_update(here)
+    assert a.get_state() == b.get_state()  # the same items: client 0, the same clocks
+    a.apply_update(here)  # merging them adds nothing
+    assert a.get_state() == b.get_state()
+    expected = notebook.from_bytes(data)
+    assert notebook.to_notebook(YNotebook(ydoc=a))["cells"] == expected["cells"]
+
+
 async def test_a_small_state_stays_in_this_process() -> None:
     state = state_of("Running_Code.ipynb")
     assert len(state) < offload.PROCESS_THRESHOLD
