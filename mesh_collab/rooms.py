@@ -202,7 +202,7 @@ class _Batch:
     commit: Commit | None
     outgoing: list[_Out]
     edits: list[_Edit]
-    compacts: list[_Compact]
+    relayed: anyio.Event = field(default_factory=anyio.Event)
 
 
 async def _send(stream: MemoryObjectSendStream[Any], item: Any) -> None:
@@ -428,9 +428,9 @@ class Room(anyio.AsyncContextManagerMixin):
     async def compact(self, lineage: str) -> None:
         """Replace the room's rows in the update log by one encoded state of the document.
 
-        It runs in the committer between two commits, when every row in the log is in the
-        document (the document may be ahead of the log, never behind), so no update can slip
-        between the state and the deletion of the rows it covers.
+        It runs in the room loop between two batches, once every update applied so far is
+        committed, so no update can slip between the state and the deletion of the rows it
+        covers.
 
         Raises:
             LocalStoreError: the log could not be compacted (it keeps its rows).
@@ -515,7 +515,6 @@ class Room(anyio.AsyncContextManagerMixin):
                         commit,
                         self._outgoing,
                         [item for item in batch if isinstance(item, _Edit)],
-                        [item for item in batch if isinstance(item, _Compact)],
                     )
                     self._pending_updates, self._outgoing = [], []
                     try:
@@ -524,6 +523,13 @@ class Room(anyio.AsyncContextManagerMixin):
                         # The committer was cancelled first: the room is closing. (anyio
                         # cancels a task only while it waits, and this one had just woken.)
                         return
+                    compacts = [item for item in batch if isinstance(item, _Compact)]
+                    if compacts:
+                        # Between two batches, with every update so far committed: the
+                        # state then covers exactly the rows it replaces.
+                        await done.relayed.wait()
+                        for item in compacts:
+                            await self._compact(item)
 
     async def _committer(self, batches: MemoryObjectReceiveStream[_Batch]) -> None:
         async with batches:
@@ -531,8 +537,7 @@ class Room(anyio.AsyncContextManagerMixin):
                 await self._commit(batch)
                 for edit in batch.edits:
                     edit.done.set()
-                for compact in batch.compacts:
-                    await self._compact(compact)
+                batch.relayed.set()
 
     def _handle_batch(self, batch: list[Any]) -> None:
         """Handle a batch in order; a run of one client's updates is applied as one."""

@@ -389,3 +389,40 @@ async def test_linked_rooms_never_echo_and_store_each_update_once(tmp_path: Path
             assert rows_a == room_a.stats.updates
             assert rows_b == room_b.stats.updates <= rows_a
         tg.cancel_scope.cancel()
+
+
+async def test_compaction_while_typing_keeps_every_update_in_the_log(tmp_path: Path) -> None:
+    """Compaction replaces a room's rows by one state while edits keep coming: every update
+    a client has seen must still be in the log (what a restart replays)."""
+    async with UpdateLog(tmp_path / "u.sqlite") as log, Room("r", updatelog=log) as room, \
+            anyio.create_task_group() as tg:
+        await log.reset("r", "lineage", b"\x00\x00")
+        async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
+            typed = anyio.Event()
+            compacted = anyio.Event()
+
+            async def type_() -> None:
+                # Eight keystrokes, then wait for a compaction (which they race with).
+                for i in range(400):
+                    a.text += str(i % 10)
+                    if i % 8 == 7:
+                        await compacted.wait()
+                typed.set()
+
+            tg.start_soon(type_)
+            compactions = 0
+            while not typed.is_set():
+                await room.compact("lineage")
+                compactions += 1
+                compacted.set()
+                compacted = anyio.Event()
+                await anyio.lowlevel.checkpoint()
+            await until(lambda: len(str(b.text)) == 400, b.doc)
+            await room.flush()
+        stored = await log.load("r")
+        assert stored is not None and compactions >= 50
+        replay = Doc()
+        for update in stored.updates:
+            replay.apply_update(update)
+        assert str(replay.get("source", type=Text)) == str(b.text)
+        tg.cancel_scope.cancel()
