@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import anyio
 import pytest
@@ -63,21 +64,23 @@ async def test_set_get_basic(s: Session) -> None:
 @pytest.mark.parametrize(
     ("lk", "existing", "expected", "stored_after"),
     [
-        (lock("A", app="app1"), "", by_profile(OK, OK), "A"),
-        (lock("B", app="app1"), "", by_profile(OK, c.CODE_ABORTED), None),
-        (lock("B", app="app1"), "X", by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_ABORTED), "A"),
-        (lock("B", app="app1"), "A", by_profile(OK, OK), "B"),
-        (lock("A", app="app2"), "", by_profile(c.CODE_FAILED_PRECONDITION,
-                                               c.CODE_PERMISSION_DENIED), "A"),
+        (partial(lock, "A", app="app1"), "", by_profile(OK, OK), "A"),
+        (partial(lock, "B", app="app1"), "", by_profile(OK, c.CODE_ABORTED), None),
+        (partial(lock, "B", app="app1"), "X",
+         by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_ABORTED), "A"),
+        (partial(lock, "B", app="app1"), "A", by_profile(OK, OK), "B"),
+        (partial(lock, "A", app="app2"), "",
+         by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_PERMISSION_DENIED), "A"),
     ],
     ids=["same", "new-id-no-existing", "wrong-existing", "right-existing", "wrong-app"],
 )
+# The locks are built when each test runs: their expiry counts from then, not from collection.
 async def test_refresh_table(
-    s: Session, profile: str, lk: res.Lock, existing: str, expected: dict[str, int],
-    stored_after: str | None,
+    s: Session, profile: str, lk: Callable[[], res.Lock], existing: str,
+    expected: dict[str, int], stored_after: str | None,
 ) -> None:
     assert await set_lock(s, lock("A", app="app1")) == OK
-    assert await refresh(s, lk, existing) == expected[profile]
+    assert await refresh(s, lk(), existing) == expected[profile]
     after = (await get_lock(s)).lock.lock_id
     if stored_after is None:  # eos replaces the id, edge refuses
         stored_after = "B" if profile == "eos" else "A"
@@ -91,18 +94,18 @@ async def test_refresh_not_locked(s: Session) -> None:
 @pytest.mark.parametrize(
     ("lk", "expected"),
     [
-        (lock("B", app="app1"), by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_LOCKED)),
-        (lock("A", app="app2"), by_profile(c.CODE_FAILED_PRECONDITION,
-                                           c.CODE_PERMISSION_DENIED)),
-        (lock("A", app="app1"), by_profile(OK, OK)),
+        (partial(lock, "B", app="app1"), by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_LOCKED)),
+        (partial(lock, "A", app="app2"),
+         by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_PERMISSION_DENIED)),
+        (partial(lock, "A", app="app1"), by_profile(OK, OK)),
     ],
     ids=["wrong-id", "wrong-app", "holder"],
 )
 async def test_unlock_table(
-    s: Session, profile: str, lk: res.Lock, expected: dict[str, int]
+    s: Session, profile: str, lk: Callable[[], res.Lock], expected: dict[str, int]
 ) -> None:
     assert await set_lock(s, lock("A", app="app1")) == OK
-    assert await unlock(s, lk) == expected[profile]
+    assert await unlock(s, lk()) == expected[profile]
 
 
 async def test_unlock_not_locked(s: Session, profile: str) -> None:
