@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as sr
 
@@ -233,8 +234,13 @@ class LockLease(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[LockLease]:
-        await self._acquire()
+        # Cancelled while SetLock is in flight, we could not know whether the server set
+        # the lock, and would leave it for a whole expiry: see the call through (every call
+        # has a deadline), then honour the cancellation inside the releasing block below.
+        with anyio.CancelScope(shield=True):
+            await self._acquire()
         try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive)
                 try:

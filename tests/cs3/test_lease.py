@@ -38,6 +38,24 @@ async def test_lease_is_released_when_cancelled(einstein: Session, workdir: str)
     assert await einstein.locks.get(path) is None
 
 
+async def test_a_lease_cancelled_while_acquiring_leaves_no_lock(
+    einstein: Session, workdir: str
+) -> None:
+    """Cancelled while SetLock is in flight (a room closed as it opens), the lock the server
+    may have set is released: nothing is left locked for lock_expiry."""
+    path = f"{workdir}/lease.ipynb"
+    await einstein.files.write(path, b"{}")
+    entered = 0
+    for attempt in range(40):
+        # Deadlines from 0 to ~4 ms: some fall before, some during, some after the SetLock.
+        with anyio.move_on_after(attempt / 10_000):
+            async with einstein.locks.lease(path, lock_id=f"node-a:{attempt}", expiry=30):
+                entered += 1
+                await anyio.sleep_forever()
+        assert await einstein.locks.get(path) is None, f"lock left at attempt {attempt}"
+    assert entered > 0  # the deadlines reach past the acquisition too
+
+
 async def test_lease_refused_when_another_app_holds_the_lock(
     einstein: Session, workdir: str
 ) -> None:
