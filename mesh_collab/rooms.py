@@ -558,6 +558,10 @@ class Room(anyio.AsyncContextManagerMixin):
     def _handle_updates(self, conn: Connection, updates: list[bytes]) -> None:
         if conn.id not in self._connections:
             return
+        if not (conn.writable and self._accept_edits
+                and self._peer_allows(conn, protocol.Kind.UPDATE)):
+            conn.refused_updates += len(updates)  # refused without being decoded
+            return
         try:
             merged = merge_updates(*updates)
         except ValueError:
