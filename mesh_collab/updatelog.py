@@ -1,9 +1,24 @@
-"""The node's local update log: every update is durable here before any client sees it.
+"""The node's local update log: every update is in it before any client sees it.
 
-One SQLite database per node, in WAL mode with ``synchronous=FULL``. Appends from all rooms
-are group-committed: while one commit is being written, new appends gather into the next
-batch, so a burst of updates costs one fsync per batch rather than one per update (the
-measured floor: 2.4k single-row commits/s versus 40k-150k rows/s batched).
+One SQLite database per node, in WAL mode. Appends from all rooms are group-committed: while
+one commit is being written, new appends gather into the next batch, so a burst of updates
+costs one commit rather than one per update (the measured floor: 2.4k single-row commits/s
+versus 40k-150k rows/s batched).
+
+Two steps make an update durable, and only the first is on the path of a keystroke:
+
+* **written**: the commit is in the WAL file (``synchronous=NORMAL``). It survives a crash or
+  ``kill -9`` of the node: the operating system holds it. A room relays an update only once
+  it is written.
+* **synced**: the WAL is flushed to the disk (fsync) by a second thread at most
+  ``sync_interval`` seconds after a commit, all commits since the last flush at once. It
+  survives a power loss. An update younger than ``sync_interval`` that a power loss takes from
+  the node is still held by the client that typed it and every client and node that received
+  it, which give it back when they resync.
+
+``sync_interval=0`` flushes every commit before it counts as written (``synchronous=FULL``):
+one fsync on the path of every keystroke (0.3-2 ms here), for a node whose clients cannot be
+trusted to come back.
 
 Compaction applies a room's log to a document and stores the encoded state (the room does this
 from its live document), replacing the rows it covers in one transaction. It never uses
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -57,7 +73,7 @@ class Commit:
     error: BaseException | None = None
 
     async def wait(self) -> None:
-        """Return once the rows are durable.
+        """Return once the rows are written (see the module's docstring).
 
         Raises:
             LocalStoreError: the commit failed (the rows are not stored).
@@ -131,24 +147,39 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
     Usage::
 
         async with UpdateLog(data_dir / "updates.sqlite") as log:
-            await log.append("json:notebook:<id>", [update])   # durable on return
+            await log.append("json:notebook:<id>", [update])   # written on return
+            await log.sync()                                   # and on the disk
 
     Args:
         path: the SQLite file (created if missing).
-        durable: fsync every commit (``synchronous=FULL``). False gives ``NORMAL``: commits
-            survive a crash of the process but not of the machine.
+        sync_interval: longest time, in seconds, between a commit and the flush that puts it
+            on the disk. 0 flushes each commit before it counts as written. None never
+            flushes but when SQLite checkpoints its WAL or :meth:`sync` is called (for
+            benchmarks: a power loss may take any number of commits).
     """
 
-    def __init__(self, path: Path, *, durable: bool = True, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sync_interval: float | None = 0.1,
+        log: logging.Logger | None = None,
+    ):
         self.path = Path(path)
-        self.durable = durable
+        self.sync_interval = sync_interval
         self.log = log or logging.getLogger(__name__)
         self._db: sqlite3.Connection | None = None
         self._worker: _Worker | None = None
+        self._syncer: _Worker | None = None
+        self._sync_planned = False  # a flush is waiting for its time, or running
+        self._sync_timer: asyncio.TimerHandle | None = None
         self._batch = Commit()  # appends gathering for the next commit
         self._committing: Commit | None = None  # the commit being written
         self.commits = 0
         self.rows_written = 0
+        self.syncs = 0
+        self._writes = 0  # write transactions ended (commits, resets, bases)
+        self._synced_writes = 0  # of which known to be on the disk
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._worker is None:
@@ -159,13 +190,14 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.sync_interval == 0 else 'NORMAL'}")
         db.executescript(_SCHEMA)
         return db
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[UpdateLog]:
         self._worker = _Worker(f"updatelog {self.path.name}")
+        self._syncer = _Worker(f"updatelog sync {self.path.name}")
         try:
             try:
                 self._db = await self._run(self._open)
@@ -176,16 +208,20 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             finally:
                 # Let the last batches reach the disk before closing.
                 with anyio.CancelScope(shield=True):
-                    for batch in (self._committing, self._batch):
-                        if batch is not None and batch.rows:
-                            await batch.done.wait()
+                    try:
+                        await self.sync()
+                    except LocalStoreError:
+                        pass  # logged where it failed
         finally:
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
             db, self._db = self._db, None
             if db is not None:
                 with anyio.CancelScope(shield=True):
                     await self._run(db.close)
             self._worker.stop()
-            self._worker = None
+            self._syncer.stop()
+            self._worker = self._syncer = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -218,14 +254,91 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             else:
                 self.commits += 1
                 self.rows_written += len(batch.rows)
+                self._written()
             batch.done.set()
             self._committing = None
             self._commit_next()
 
         self._worker.submit(lambda: self._write_rows(batch.rows), done)
 
+    def _flush(self) -> None:
+        """fsync the WAL (and, once, its folder), from the sync thread.
+
+        Linux flushes a file's dirty pages whichever descriptor asks, so this flushes what the
+        SQLite connection wrote; SQLite flushes the WAL itself before each of its checkpoints.
+        """
+        for name, flags in ((f"{self.path}-wal", os.O_RDONLY), (self.path.parent, os.O_RDONLY)):
+            try:
+                fd = os.open(name, flags)
+            except FileNotFoundError:
+                continue  # no WAL yet: nothing was written since the last checkpoint
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @property
+    def unsynced(self) -> int:
+        """Write transactions not known to be on the disk yet."""
+        return self._writes - self._synced_writes
+
+    def _written(self) -> None:
+        """Count a write transaction that ended, and plan the flush that covers it."""
+        self._writes += 1
+        if self.sync_interval == 0:
+            self._synced_writes = self._writes  # SQLite flushed it (synchronous=FULL)
+        else:
+            self._plan_sync()
+
+    def _plan_sync(self) -> None:
+        """Flush within ``sync_interval``, unless a flush is already planned."""
+        if self.sync_interval is None or self._sync_planned:
+            return
+        self._sync_planned = True
+        loop = asyncio.get_running_loop()
+        self._sync_timer = loop.call_later(self.sync_interval, self._start_sync)
+
+    def _start_sync(self) -> None:
+        self._sync_timer = None
+        if self._syncer is None:
+            return
+        covered = self._writes
+
+        def done(_result: object, error: BaseException | None) -> None:
+            self._sync_planned = False
+            if error is not None:
+                self.log.error("update log flush failed error=%s", error)
+            else:
+                self._synced(covered)
+            if self.unsynced:
+                self._plan_sync()
+
+        self._syncer.submit(self._flush, done)
+
+    async def sync(self) -> None:
+        """Return once every append made so far is on the disk (survives a power loss).
+
+        Raises:
+            LocalStoreError: a commit or the flush failed.
+        """
+        for batch in (self._committing, self._batch):
+            if batch is not None and batch.rows:
+                await batch.wait()
+        if not self.unsynced or self._syncer is None:
+            return
+        covered = self._writes
+        try:
+            await self._syncer.run(self._flush)
+        except OSError as exc:
+            raise LocalStoreError(f"cannot flush the update log: {exc}") from exc
+        self._synced(covered)
+
+    def _synced(self, covered: int) -> None:
+        self.syncs += 1
+        self._synced_writes = max(self._synced_writes, covered)
+
     async def append(self, room: str, updates: list[bytes]) -> None:
-        """Append updates of a room; returns once they are committed (with other rooms' ones).
+        """Append updates of a room; returns once they are written (with other rooms' ones).
 
         Raises:
             LocalStoreError: the commit failed (the updates are not stored).
@@ -235,7 +348,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
 
     def start_append(self, room: str, updates: list[bytes]) -> Commit:
         """Queue updates of a room for the next commit, and start it if none is being written
-        (so the fsync runs while the caller goes on); ``await commit.wait()`` for the result."""
+        (so the write runs while the caller goes on); ``await commit.wait()`` for the result."""
         commit = self._batch
         commit.rows.extend((room, u) for u in updates)
         self._commit_next()
@@ -297,6 +410,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             await self._run(write)
         except sqlite3.Error as exc:
             raise LocalStoreError(f"cannot compact the update log: {exc}") from exc
+        self._written()
 
     async def set_base(self, room: str, base: bytes) -> None:
         """Remember the document state that matches the file in storage.
@@ -309,6 +423,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             await self._run(lambda: self.db.execute(query, (base, room)))
         except sqlite3.Error as exc:
             raise LocalStoreError(f"cannot store the base state: {exc}") from exc
+        self._written()
 
     async def base(self, room: str) -> bytes | None:
         """The base state stored by :meth:`set_base`, or None.

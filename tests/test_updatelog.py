@@ -1,7 +1,9 @@
-"""UpdateLog: durable appends, group commit, failures, compaction, lineage."""
+"""UpdateLog: durable appends, group commit, flushes, failures, compaction, lineage."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import anyio
@@ -101,3 +103,68 @@ async def test_the_base_state_is_kept_per_room(tmp_path: Path) -> None:
     async with UpdateLog(tmp_path / "u.sqlite") as log:
         assert await log.base("r") == b"state-1"
         assert await log.base("other") is None
+
+
+class GatedFsync:
+    """``os.fsync`` that records which files it flushed and waits for ``open`` first."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.files: list[str] = []
+        self._fsync = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        self.entered.set()
+        assert self.open.wait(10), "the test never opened the gate"
+        self._fsync(fd)
+
+
+@pytest.fixture
+def fsync(monkeypatch: pytest.MonkeyPatch) -> GatedFsync:
+    gated = GatedFsync()
+    monkeypatch.setattr(os, "fsync", gated)
+    return gated
+
+
+async def test_appends_do_not_wait_for_the_disk_flush_that_follows_them(
+    tmp_path: Path, fsync: GatedFsync
+) -> None:
+    updates, _ = typed(3)
+    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=0.01) as log:
+        await log.append("r", updates[:1])
+        # Nobody asks: the flush is planned by the commit, and it is stuck on the disk ...
+        assert await anyio.to_thread.run_sync(fsync.entered.wait, 10)
+        assert fsync.files[0] == str(tmp_path / "u.sqlite-wal")
+        # ... while appends go on being written.
+        await log.append("r", updates[1:2])
+        await log.append("r", updates[2:])
+        assert log.unsynced >= 2
+        fsync.open.set()
+        await log.sync()
+        assert log.unsynced == 0
+        assert await log.count("r") == 3
+
+
+async def test_closing_flushes_what_was_written(tmp_path: Path, fsync: GatedFsync) -> None:
+    updates, _ = typed(1)
+    fsync.open.set()
+    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=None) as log:
+        await log.append("r", updates)
+        assert fsync.files == [] and log.unsynced == 1  # no flush planned with None
+    assert str(tmp_path / "u.sqlite-wal") in fsync.files
+    assert log.unsynced == 0
+
+
+async def test_sync_interval_0_flushes_each_commit_before_it_counts(
+    tmp_path: Path, fsync: GatedFsync
+) -> None:
+    updates, _ = typed(5)
+    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=0) as log:
+        for update in updates:
+            await log.append("r", [update])
+            assert log.unsynced == 0
+        synchronous = await log._run(lambda: log.db.execute("PRAGMA synchronous").fetchone())
+        assert synchronous == (2,)  # FULL: SQLite flushes the WAL at every commit
+    assert fsync.files == []  # nothing left for the flush thread

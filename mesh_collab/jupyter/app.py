@@ -272,6 +272,15 @@ class MeshCollabApp(ExtensionApp):
         node takes over after at most this long.""",
     ).tag(config=True)
 
+    log_sync_interval = Float(
+        0.1,
+        help="""Longest time, in seconds, between an edit being written to the node's update
+        log and being flushed to its disk (default 0.1). An edit is relayed once written: it
+        then survives a crash of the node, and a power loss once flushed (until then the
+        clients and nodes that hold it give it back when they resync). 0 flushes every write
+        before the edit is relayed (one fsync on the path of every keystroke).""",
+    ).tag(config=True)
+
     data_dir = Unicode(
         help="""Local folder of the node's update log (SQLite) and other node state. Default
         <jupyter data dir>/mesh_collab/<site>. Put it on a local disk, not NFS.""",
@@ -387,11 +396,11 @@ class MeshCollabApp(ExtensionApp):
             raise TraitError(f"{proposal['trait'].name} must be > 0 seconds: {value!r}")
         return value
 
-    @validate("document_cleanup_delay")
-    def _validate_cleanup(self, proposal: dict[str, Any]) -> float:
+    @validate("document_cleanup_delay", "log_sync_interval")
+    def _validate_not_negative(self, proposal: dict[str, Any]) -> float:
         value = float(proposal["value"])
         if value < 0:
-            raise TraitError(f"document_cleanup_delay must be >= 0 seconds: {value!r}")
+            raise TraitError(f"{proposal['trait'].name} must be >= 0 seconds: {value!r}")
         return value
 
     @validate("max_message_size", "max_notebook_size")

@@ -80,7 +80,9 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         max_notebook_size=config.max_notebook_size,
     )
     path = Path(config.data_dir) / "updates.sqlite"
-    async with UpdateLog(path, log=config.log) as updatelog, CollabServer(
+    async with UpdateLog(
+        path, sync_interval=config.log_sync_interval, log=config.log
+    ) as updatelog, CollabServer(
         updatelog=updatelog,
         settings=settings,
         cleanup_delay=config.document_cleanup_delay,
