@@ -7,13 +7,11 @@ log at all ("durable log off"):
   relayed;
 * **flush within 0.1 s** (the node's default): a commit is written to the WAL (it survives a
   crash of the process) before its updates are relayed, and fsynced by another thread at most
-  0.1 s later;
-* **never flush** (``sync_interval=None``): the same without the fsyncs (SQLite's own
-  checkpoints aside), the cost of the writes alone.
- Clients speak
-the y-websocket protocol over in-process memory channels. An update counts as accepted once
-the room relayed it to a listening client, which in mesh_collab happens only after its
-commit. Three loads:
+  0.1 s later.
+
+Clients speak the y-websocket protocol over in-process memory channels. An update counts as
+accepted once the room relayed it to a listening client, which in mesh_collab happens only
+after its commit. Three loads:
 
 * **pipelined**: one writer sends pre-made keystroke updates as fast as it can into one room;
 * **10 rooms**: ten writers, one per room, all at once (the log commits for all rooms together);
@@ -45,7 +43,6 @@ WHO = Identity("einstein", "Albert Einstein", site="site-a")
 MODES = {  # mode -> UpdateLog's sync_interval
     "flush each commit": 0.0,
     "flush within 0.1 s": 0.1,
-    "never flush": None,
     "no log": -1,
 }
 

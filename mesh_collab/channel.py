@@ -35,6 +35,15 @@ class Channel(Protocol):
         """
         ...
 
+    def send_nowait(self, message: bytes) -> bool:
+        """Send one message now if the channel takes it without waiting (everything sent
+        before has left); return False, having sent nothing, otherwise.
+
+        Raises:
+            ChannelClosed: the channel is closed.
+        """
+        ...
+
     async def recv(self) -> bytes:
         """Receive one message.
 
@@ -74,6 +83,15 @@ class MemoryChannel:
             await self._send.send(message)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise ChannelClosed(self._path) from exc
+
+    def send_nowait(self, message: bytes) -> bool:
+        try:
+            self._send.send_nowait(message)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise ChannelClosed(self._path) from exc
+        return True
 
     async def recv(self) -> bytes:
         try:

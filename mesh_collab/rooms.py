@@ -127,6 +127,8 @@ class Connection:
     announced: str = ""
     #: Set once the other side answered our sync request (its sync step 2 was processed).
     synced: anyio.Event | None = None
+    #: Messages in the outbox or being sent by the writer task.
+    queued: int = 0
 
     @property
     def author_name(self) -> str:
@@ -404,6 +406,7 @@ class Room(anyio.AsyncContextManagerMixin):
             try:
                 async for message in outbox:
                     await conn.channel.send(message)
+                    conn.queued -= 1
             except ChannelClosed:
                 pass  # the client went away; the connection ends below
         conn.end()
@@ -634,8 +637,16 @@ class Room(anyio.AsyncContextManagerMixin):
                 self._deliver(conn, out.message)
 
     def _deliver(self, conn: Connection, message: bytes) -> None:
+        """Send ``message`` at once when nothing is queued before it and the channel takes it
+        (a task switch less per receiver on every keystroke); else queue it for the writer."""
+        try:
+            if conn.queued == 0 and conn.channel.send_nowait(message):
+                return
+        except ChannelClosed:
+            return  # the connection is ending
         try:
             conn.outbox.send_nowait(message)
+            conn.queued += 1
         except anyio.WouldBlock:
             conn.kill(CloseCode.TOO_SLOW, "client too slow")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):

@@ -355,6 +355,12 @@ class CountingChannel:
             self.updates_sent += 1
         await self.inner.send(message)
 
+    def send_nowait(self, message: bytes) -> bool:
+        sent = self.inner.send_nowait(message)
+        if sent and protocol.parse(message).kind is protocol.Kind.UPDATE:
+            self.updates_sent += 1
+        return sent
+
     async def recv(self) -> bytes:
         return await self.inner.recv()
 

@@ -47,7 +47,8 @@ async def test_appends_are_there_after_reopening_in_order(tmp_path: Path) -> Non
 
 async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
     updates, text = typed(400)
-    async with UpdateLog(tmp_path / "u.sqlite") as log, anyio.create_task_group() as tg:
+    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=0) as log, \
+            anyio.create_task_group() as tg:
         for i, update in enumerate(updates):
             tg.start_soon(log.append, f"room-{i % 4}", [update])
     assert log.rows_written == 400
@@ -150,9 +151,9 @@ async def test_appends_do_not_wait_for_the_disk_flush_that_follows_them(
 async def test_closing_flushes_what_was_written(tmp_path: Path, fsync: GatedFsync) -> None:
     updates, _ = typed(1)
     fsync.open.set()
-    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=None) as log:
+    async with UpdateLog(tmp_path / "u.sqlite", sync_interval=3600) as log:
         await log.append("r", updates)
-        assert fsync.files == [] and log.unsynced == 1  # no flush planned with None
+        assert fsync.files == [] and log.unsynced == 1  # the flush is an hour away
     assert str(tmp_path / "u.sqlite-wal") in fsync.files
     assert log.unsynced == 0
 
@@ -168,3 +169,23 @@ async def test_sync_interval_0_flushes_each_commit_before_it_counts(
         synchronous = await log._run(lambda: log.db.execute("PRAGMA synchronous").fetchone())
         assert synchronous == (2,)  # FULL: SQLite flushes the WAL at every commit
     assert fsync.files == []  # nothing left for the flush thread
+
+
+async def test_a_commit_is_written_at_once_unless_the_log_thread_is_busy(tmp_path: Path) -> None:
+    updates, _ = typed(3)
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        first = log.start_append("r", updates[:1])
+        assert first.done.is_set()  # written on the event loop: nothing else was running
+        busy = threading.Event()
+        assert log._worker is not None
+        log._worker.submit(lambda: busy.wait(10), lambda _result, _error: None)
+        second = log.start_append("r", updates[1:2])
+        third = log.start_append("r", updates[2:])
+        assert not second.done.is_set() and not third.done.is_set()  # they wait their turn
+        busy.set()
+        await third.wait()
+        assert second.done.is_set()
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        query = "SELECT data FROM updates WHERE room = 'r' ORDER BY seq"
+        rows = await log._run(lambda: log.db.execute(query).fetchall())
+    assert [row[0] for row in rows] == updates  # in the order they were appended

@@ -16,6 +16,11 @@ from mesh_collab.channel import ChannelClosed
 from mesh_collab.close_codes import CloseCode
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class TornadoChannel:
     """Adapts the handler it is mixed into (see :class:`ChannelHandler`)."""
 
@@ -25,6 +30,7 @@ class TornadoChannel:
         # None marks the end of the stream.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self.closed = asyncio.Event()
+        self._unsent: asyncio.Future[None] | None = None  # the last send_nowait's write
 
     @property
     def path(self) -> str:
@@ -37,6 +43,19 @@ class TornadoChannel:
             await self._handler.write_message(message, binary=True)
         except WebSocketClosedError as exc:
             raise ChannelClosed(self._path) from exc
+
+    def send_nowait(self, message: bytes) -> bool:
+        if self.closed.is_set():
+            raise ChannelClosed(self._path)
+        if self._unsent is not None and not self._unsent.done():
+            return False  # the socket has not taken the last one yet: the caller queues
+        try:
+            self._unsent = self._handler.write_message(message, binary=True)
+        except WebSocketClosedError as exc:
+            raise ChannelClosed(self._path) from exc
+        # A write that fails later is a closed socket, which recv reports.
+        self._unsent.add_done_callback(_retrieve)
+        return True
 
     async def recv(self) -> bytes:
         message = await self._queue.get()
