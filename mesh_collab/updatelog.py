@@ -55,10 +55,12 @@ import anyio
 
 from mesh_collab.errors import LocalStoreError
 
+# ``seq`` is the rowid: a new row gets one more than the largest there, so a room's rows keep
+# their order (AUTOINCREMENT would write its counter's page too, at every commit).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS updates (
     room TEXT NOT NULL,
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS updates_room ON updates (room, seq);

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -284,9 +284,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             )
         )
 
-    async def on_message(self, message: bytes | str) -> None:  # type: ignore[override]
-        if self.channel is not None:
-            await self.channel.deliver(message)
+    def on_message(self, message: bytes | str) -> Awaitable[None] | None:
+        return self.channel.deliver(message) if self.channel is not None else None
 
     def on_close(self) -> None:
         if self.channel is not None:
@@ -357,9 +356,8 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         log.info("link accepted room=%s site=%s", rid, site.name)
         server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer)
 
-    async def on_message(self, message: bytes | str) -> None:  # type: ignore[override]
-        if self.channel is not None:
-            await self.channel.deliver(message)
+    def on_message(self, message: bytes | str) -> Awaitable[None] | None:
+        return self.channel.deliver(message) if self.channel is not None else None
 
     def on_close(self) -> None:
         if self.channel is not None:

@@ -9,6 +9,7 @@ which pushes back on that client alone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -77,11 +78,18 @@ class TornadoChannel:
             self._handler.close(code, reason[:120])
             self.mark_closed()
 
-    async def deliver(self, message: bytes | str) -> None:
-        """Called by the handler for each incoming message."""
+    def deliver(self, message: bytes | str) -> Awaitable[None] | None:
+        """Called by the handler's ``on_message`` for each incoming message; the handler
+        returns the result to tornado. None when the queue took the message; when it is full,
+        an awaitable that tornado awaits before it reads the next one (tornado wraps every
+        awaitable in a task: one per message, when ``on_message`` is a coroutine)."""
         if isinstance(message, str):
             message = message.encode()
-        await self._queue.put(message)
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            return self._queue.put(message)
+        return None
 
     def mark_closed(self) -> None:
         """Called when the socket closed: wakes a pending ``recv``."""
