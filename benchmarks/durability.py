@@ -5,9 +5,9 @@ log at all ("durable log off"):
 
 * **flush each commit** (``sync_interval=0``): every commit is fsynced before its updates are
   relayed;
-* **flush within 0.1 s** (the node's default): a commit is written to the WAL (it survives a
-  crash of the process) before its updates are relayed, and fsynced by another thread at most
-  0.1 s later.
+* **flush after relay** (the node's default, ``sync_interval=0.01``): a commit is written to
+  the WAL (it survives a crash of the process) before its updates are relayed, and fsynced by
+  another thread 2 ms later (flushes at least 10 ms apart).
 
 Clients speak the y-websocket protocol over in-process memory channels. An update counts as
 accepted once the room relayed it to a listening client, which in mesh_collab happens only
@@ -42,7 +42,7 @@ from mesh_collab.updatelog import UpdateLog
 WHO = Identity("einstein", "Albert Einstein", site="site-a")
 MODES = {  # mode -> UpdateLog's sync_interval
     "flush each commit": 0.0,
-    "flush within 0.1 s": 0.1,
+    "flush after relay": 0.01,
     "no log": -1,
 }
 

@@ -273,12 +273,13 @@ class MeshCollabApp(ExtensionApp):
     ).tag(config=True)
 
     log_sync_interval = Float(
-        0.1,
-        help="""Longest time, in seconds, between an edit being written to the node's update
-        log and being flushed to its disk (default 0.1). An edit is relayed once written: it
-        then survives a crash of the node, and a power loss once flushed (until then the
-        clients and nodes that hold it give it back when they resync). 0 flushes every write
-        before the edit is relayed (one fsync on the path of every keystroke).""",
+        0.01,
+        help="""Least time, in seconds, between two flushes of the node's update log to its
+        disk (default 0.01). An edit is relayed once written to the log: it then survives a
+        crash of the node. The flush that makes it survive a power loss runs 2 ms later, or
+        once the previous flush is this old (until then, the clients and nodes that hold the
+        edit give it back when they resync). 0 flushes every write before the edit is relayed
+        (one fsync on the path of every keystroke).""",
     ).tag(config=True)
 
     data_dir = Unicode(

@@ -75,7 +75,7 @@ def test_traits_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert app.auth_mode == "single-user"
     assert (app.checkpoint_quiet_period, app.checkpoint_max_interval) == (2.0, 30.0)
     assert (app.lock_expiry, app.document_cleanup_delay, app.rpc_timeout) == (60.0, 60.0, 10.0)
-    assert app.file_poll_interval == 5.0 and app.log_sync_interval == 0.1
+    assert app.file_poll_interval == 5.0 and app.log_sync_interval == 0.01
     assert app.max_message_size == 16 * 2**20 and app.max_notebook_size == 64 * 2**20
     assert app.data_dir.endswith("mesh_collab/site-a")
 
