@@ -18,9 +18,9 @@ Two steps make an update durable, and only the first is on the path of a keystro
   give it back when they resync. The same thread checkpoints the WAL into the database (at
   most once a second), so that the writer never does.
 
-  A flush runs right after a commit rather than on a clock: a flush that overlaps a commit
-  delays it (0.2-2 ms here), and a clock ticking at a multiple of someone's typing rhythm
-  would overlap every other keystroke.
+  A flush follows a commit rather than a clock: a flush that overlaps a commit delays it
+  (0.2-2 ms here), and a clock ticking at a multiple of someone's typing rhythm would overlap
+  every other keystroke.
 
 ``sync_interval=0`` flushes every commit before it counts as written (``synchronous=FULL``):
 one fsync on the path of every keystroke (0.3-2 ms here), for a node whose clients cannot be
@@ -38,7 +38,7 @@ a finished one hands its result straight back to the event loop. A commit that c
 event loop itself: without the fsync it takes ~0.04 ms, where the two thread hand-offs cost
 0.2 ms at the median and 1 ms at p99 on this VM. In a burst, commits go through the thread
 so that appends gather behind the one being written (a room merges and relays what gathered
-as one: 10x the rate of one commit per update).
+as one: 3x the rate of one commit per update).
 """
 
 from __future__ import annotations
@@ -310,8 +310,8 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         batch.done.set()
 
     def _flush(self) -> None:
-        """fsync the WAL (and, once, its folder), from the sync thread; then checkpoint it
-        into the database, at most once a second.
+        """fsync the WAL and its folder, from the sync thread; then checkpoint the WAL into
+        the database, at most once a second.
 
         Linux flushes a file's dirty pages whichever descriptor asks, so this flushes what the
         SQLite connection wrote.
