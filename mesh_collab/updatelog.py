@@ -103,6 +103,8 @@ _BURST = 0.001
 # A flush starts at least this long after the commit: once the room relayed it (a flush
 # running while the room relays costs the keystroke 0.4 ms at the median here).
 _AFTER_RELAY = 0.002
+# After a failed flush, the next one waits this long (a failing disk is not hammered).
+_RETRY = 1.0
 
 
 class _Worker:
@@ -199,7 +201,8 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         self._sync_timer: asyncio.TimerHandle | None = None
         self._checkpointer: sqlite3.Connection | None = None  # the sync thread's own
         self._checkpointed = 0.0  # time.monotonic() of the sync thread's last checkpoint
-        self._flushed = 0.0  # time.monotonic() when the last flush started
+        self._not_before = 0.0  # time.monotonic() before which no flush starts
+        self._folder_synced = False  # the WAL's directory entry is on the disk
         self._last_commit = 0.0  # time.monotonic() when the last commit was started
         self._batch = Commit()  # appends gathering for the next commit
         self._committing: Commit | None = None  # the commit being written
@@ -310,27 +313,37 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         batch.done.set()
 
     def _flush(self) -> None:
-        """fsync the WAL and its folder, from the sync thread; then checkpoint the WAL into
-        the database, at most once a second.
+        """fsync the WAL (and, the first time, its folder), from the sync thread; then
+        checkpoint the WAL into the database, at most once a second.
 
         Linux flushes a file's dirty pages whichever descriptor asks, so this flushes what the
         SQLite connection wrote.
+
+        Raises:
+            OSError: the flush failed (a failed checkpoint is only logged: the WAL holds
+                everything, and the next one copies it).
         """
-        for name in (f"{self.path}-wal", self.path.parent):
+        names = [f"{self.path}-wal"] if self._folder_synced else [f"{self.path}-wal",
+                                                                   str(self.path.parent)]
+        for name in names:
             try:
                 fd = os.open(name, os.O_RDONLY)
             except FileNotFoundError:
-                continue  # no WAL yet: nothing was written since the last checkpoint
+                return  # no WAL yet: nothing was written since the last checkpoint
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._folder_synced = True
         if self.sync_interval and time.monotonic() - self._checkpointed >= 1.0:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None)
-            # PASSIVE: copies what no reader needs, never waits for the writer.
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._checkpointed = time.monotonic()
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(self.path, isolation_level=None)
+                # PASSIVE: copies what no reader needs, never waits for the writer.
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                self.log.warning("update log checkpoint failed error=%s", exc)
 
     def _close_checkpointer(self) -> None:
         if self._checkpointer is not None:
@@ -357,12 +370,12 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             return
         self._sync_planned = True
         loop = asyncio.get_running_loop()
-        wait = max(self._flushed + self.sync_interval - time.monotonic(), _AFTER_RELAY)
+        wait = max(self._not_before - time.monotonic(), _AFTER_RELAY)
         self._sync_timer = loop.call_later(wait, self._start_sync)
 
     def _start_sync(self) -> None:
         self._sync_timer = None
-        self._flushed = time.monotonic()
+        self._not_before = time.monotonic() + self.sync_interval
         if self._syncer is None:
             return
         covered = self._writes
@@ -371,6 +384,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             self._sync_planned = False
             if error is not None:
                 self.log.error("update log flush failed error=%s", error)
+                self._not_before = time.monotonic() + _RETRY
             else:
                 self._synced(covered)
             if self.unsynced:

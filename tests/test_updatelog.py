@@ -193,3 +193,36 @@ async def test_a_commit_is_written_at_once_unless_the_log_thread_is_busy(tmp_pat
         query = "SELECT data FROM updates WHERE room = 'r' ORDER BY seq"
         rows = await log._run(lambda: log.db.execute(query).fetchall())
     assert [row[0] for row in rows] == updates  # in the order they were appended
+
+
+async def test_a_failing_disk_flush_is_an_error_and_the_writes_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    updates, text = typed(2)
+    failed, recovered = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        failed.set()
+        if not recovered.is_set():
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        await log.append("r", updates[:1])
+        assert await anyio.to_thread.run_sync(failed.wait, 10)  # the planned flush failed
+        await log.append("r", updates[1:])  # writing goes on
+        with pytest.raises(LocalStoreError, match="cannot flush the update log"):
+            await log.sync()
+        assert log.unsynced >= 1
+        failures = [r for r in caplog.records if "update log flush failed" in r.message]
+        assert failures  # said once, without a traceback; retried a second later, not at once
+        assert all("Input/output error" in r.message and r.exc_info is None for r in failures)
+        recovered.set()
+        await log.sync()
+        assert log.unsynced == 0
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        query = "SELECT data FROM updates WHERE room = 'r' ORDER BY seq"
+        rows = await log._run(lambda: log.db.execute(query).fetchall())
+    assert replayed([row[0] for row in rows]) == text
