@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from mesh_collab.errors import LocalStoreError
+from mesh_collab import updatelog
 from mesh_collab.updatelog import UpdateLog
 
 
@@ -193,6 +195,43 @@ async def test_a_commit_is_written_at_once_unless_the_log_thread_is_busy(tmp_pat
         query = "SELECT data FROM updates WHERE room = 'r' ORDER BY seq"
         rows = await log._run(lambda: log.db.execute(query).fetchall())
     assert [row[0] for row in rows] == updates  # in the order they were appended
+
+
+def rows_in_database_file(path: Path, tmp: Path) -> int:
+    """The rows the database file itself holds, without its WAL: the checkpointed ones."""
+    copy = tmp / "alone.sqlite"
+    copy.write_bytes(path.read_bytes())
+    db = sqlite3.connect(copy)
+    try:
+        return int(db.execute("SELECT count(*) FROM updates").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # not even the table was checkpointed
+    finally:
+        db.close()
+        copy.unlink()
+
+
+async def test_the_wal_is_checkpointed_every_so_many_writes_not_more_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first commit after a checkpoint pays for restarting the WAL, so not at every flush;
+    # the WAL must not grow without end either.
+    monkeypatch.setattr(updatelog, "_CHECKPOINT_EVERY", 3)
+    path = tmp_path / "u.sqlite"
+    updates, _ = typed(5)
+    async with UpdateLog(path) as log:
+        for update in updates[:2]:
+            await log.append("r", [update])
+            await log.sync()
+        assert rows_in_database_file(path, tmp_path) == 0
+        await log.append("r", [updates[2]])
+        await log.sync()
+        assert rows_in_database_file(path, tmp_path) == 3
+        for update in updates[3:]:
+            await log.append("r", [update])
+            await log.sync()
+        assert rows_in_database_file(path, tmp_path) == 3
+        assert await log.count("r") == 5
 
 
 async def test_a_failing_disk_flush_is_an_error_and_the_writes_stay(
