@@ -7,7 +7,8 @@ to this protocol.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -54,6 +55,25 @@ class Channel(Protocol):
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the channel with a websocket close code and a reason."""
+        ...
+
+
+Receiver = Callable[[bytes], Awaitable[None] | None]
+
+
+@runtime_checkable
+class PushChannel(Channel, Protocol):
+    """A channel whose transport delivers messages by callback (tornado's ``on_message``).
+
+    Its reader can have the messages handed to it as they arrive instead of reading them with
+    :meth:`recv`: one turn of the event loop less per message.
+    """
+
+    async def pump(self, receiver: Receiver) -> None:
+        """Hand every incoming message to ``receiver`` (the ones already received first),
+        until the channel closes. When ``receiver`` returns an awaitable, the next message is
+        read only once it is done (back-pressure on the sender).
+        """
         ...
 
 

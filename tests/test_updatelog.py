@@ -11,8 +11,8 @@ import anyio
 import pytest
 from pycrdt import Doc, Text
 
-from mesh_collab.errors import LocalStoreError
 from mesh_collab import updatelog
+from mesh_collab.errors import LocalStoreError
 from mesh_collab.updatelog import UpdateLog
 
 

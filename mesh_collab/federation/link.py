@@ -27,9 +27,9 @@ import aiohttp
 import anyio
 
 from mesh_collab import protocol
-from mesh_collab.channel import ChannelClosed, MemoryChannel, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.errors import ProtocolError
+from mesh_collab.federation.aiohttp_channel import AiohttpChannel
 from mesh_collab.federation.directory import Site
 from mesh_collab.federation.protocol import (
     AUTH_SCHEME,
@@ -145,51 +145,15 @@ class PeerLink:
                 raise ProtocolError(f"unexpected welcome: {message.get('type')!r}")
             self.lineage = str(message.get("lineage", ""))
             self.connections += 1
-            local_end, link_end = memory_channel_pair(f"link:{self.remote.name}")
+            channel = AiohttpChannel(ws, f"link:{self.remote.name}")
             identity = Identity(username=f"node:{self.remote.name}", site=self.remote.name)
             synced = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(partial(
-                    self.room.serve, local_end, identity, writable=True,
+                    self.room.serve, channel, identity, writable=True,
                     peer=Peer(site=self.remote.name), synced=synced,
                 ))
-                tg.start_soon(self._from_remote, ws, link_end, tg.cancel_scope)
-                tg.start_soon(self._to_remote, ws, link_end, tg.cancel_scope)
                 self._set_state("online")
                 await synced.wait()
                 self.synced.set()
             self.close_code = ws.close_code
-
-    async def _from_remote(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        link_end: MemoryChannel,
-        scope: anyio.CancelScope,
-    ) -> None:
-        try:
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    break
-                await link_end.send(msg.data)
-        except ChannelClosed:
-            pass  # the local room ended the link; the other pump closes the websocket
-        finally:
-            await link_end.close()
-            scope.cancel()
-
-    async def _to_remote(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        link_end: MemoryChannel,
-        scope: anyio.CancelScope,
-    ) -> None:
-        try:
-            while True:
-                await ws.send_bytes(await link_end.recv())
-        except (ChannelClosed, ConnectionResetError, aiohttp.ClientError):
-            pass  # either side ended: close the websocket below
-        finally:
-            code = link_end.close_code or CloseCode.NORMAL
-            with anyio.move_on_after(2, shield=True):
-                await ws.close(code=code if code < 5000 else CloseCode.NORMAL)
-            scope.cancel()

@@ -1,9 +1,10 @@
 """A tornado websocket as a :class:`~mesh_collab.channel.Channel`.
 
-Tornado delivers messages by callback (``on_message``); the core reads them with
-``await channel.recv()``. A bounded queue sits between the two: when a client sends faster
-than its room processes, tornado stops reading its socket (``on_message`` awaits the queue),
-which pushes back on that client alone.
+Tornado delivers messages by callback (``on_message``). A room takes them from that callback
+(:meth:`TornadoChannel.pump`); other readers use ``await channel.recv()``, with a bounded
+queue in between. Either way, when a client sends faster than its reader processes, tornado
+stops reading its socket (``on_message`` returns an awaitable, which tornado awaits before it
+reads the next frame), which pushes back on that client alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Awaitable
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from mesh_collab.channel import ChannelClosed
+from mesh_collab.channel import ChannelClosed, Receiver
 from mesh_collab.close_codes import CloseCode
 
 
@@ -32,6 +33,7 @@ class TornadoChannel:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self.closed = asyncio.Event()
         self._unsent: asyncio.Future[None] | None = None  # the last send_nowait's write
+        self._receiver: Receiver | None = None  # set while pump() runs
 
     @property
     def path(self) -> str:
@@ -58,6 +60,21 @@ class TornadoChannel:
         self._unsent.add_done_callback(_retrieve)
         return True
 
+    async def pump(self, receiver: Receiver) -> None:
+        while not self._queue.empty():  # what came before the receiver, in order
+            message = self._queue.get_nowait()
+            if message is None:
+                raise ChannelClosed(self._path)
+            pending = receiver(message)
+            if pending is not None:
+                await pending
+        self._receiver = receiver
+        try:
+            await self.closed.wait()
+        finally:
+            self._receiver = None
+        raise ChannelClosed(self._path)
+
     async def recv(self) -> bytes:
         message = await self._queue.get()
         if message is None:
@@ -80,11 +97,13 @@ class TornadoChannel:
 
     def deliver(self, message: bytes | str) -> Awaitable[None] | None:
         """Called by the handler's ``on_message`` for each incoming message; the handler
-        returns the result to tornado. None when the queue took the message; when it is full,
-        an awaitable that tornado awaits before it reads the next one (tornado wraps every
-        awaitable in a task: one per message, when ``on_message`` is a coroutine)."""
+        returns the result to tornado. None when the pump's receiver or the queue took the
+        message; else an awaitable that tornado awaits before it reads the next one (tornado
+        wraps every awaitable in a task: one per message, if ``on_message`` were a coroutine)."""
         if isinstance(message, str):
             message = message.encode()
+        if self._receiver is not None:
+            return self._receiver(message)
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -92,7 +111,7 @@ class TornadoChannel:
         return None
 
     def mark_closed(self) -> None:
-        """Called when the socket closed: wakes a pending ``recv``."""
+        """Called when the socket closed: ends ``pump`` and a pending ``recv``."""
         if self.closed.is_set():
             return
         self.closed.set()
