@@ -35,6 +35,7 @@ Services are entered after the CS3 client is open and left in reverse order befo
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -112,6 +113,15 @@ class MeshState:
 
 ServiceFactory = Callable[[MeshState], AbstractAsyncContextManager[Any]]
 """Builds one long-lived service of the node from its state (see :meth:`add_service`)."""
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the garbage collector off what the server loaded at startup (it lives as long as
+    the process): a full collection of a JupyterLab process's ~200k startup objects stalls
+    the event loop, every room's relay with it, for ~150 ms; frozen, a collection scans only
+    what came after. Startup garbage is collected first, not frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def _env(name: str, fallback: str) -> str:
@@ -568,6 +578,7 @@ class MeshCollabApp(ExtensionApp):
                 state.ready.set()
                 started.set_result(None)
                 self.log.info("mesh_collab: node started site=%s", state.site)
+                _freeze_startup_objects()
                 await stop.wait()
                 self.log.info("mesh_collab: node stopping site=%s", state.site)
                 # New requests get 503 while the services finish (final checkpoints).

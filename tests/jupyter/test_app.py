@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -128,6 +129,16 @@ async def test_node_state_and_replaced_classes(
     # the stock jupyter_server_ydoc routes are not there; ours are the only ones
     response = await node.api("GET", "status")
     assert response.status_code == 200
+
+
+async def test_a_started_node_keeps_the_collector_off_its_startup_objects(
+    node_factory: NodeFactory, gateway: EmbeddedGateway
+) -> None:
+    gc.unfreeze()  # whatever an earlier node of this test process froze
+    assert gc.get_freeze_count() == 0
+    await node_factory(gateway, cs3_password="relativity")
+    # A full collection no longer scans the server's modules, classes and settings.
+    assert gc.get_freeze_count() > 10_000
 
 
 async def test_collaboration_routes_are_ours(
