@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from pathlib import Path
 
 import anyio
 from pycrdt import Text
@@ -11,6 +12,7 @@ from pycrdt import Text
 from mesh_collab import protocol
 from mesh_collab.jupyter.websocket import TornadoChannel
 from mesh_collab.rooms import Identity, Room
+from tests.test_rooms import GatedLog
 from tests.test_updatelog import typed
 
 EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")
@@ -33,11 +35,14 @@ class Socket:
         self.closed = (code, reason)
 
 
-async def test_messages_reach_the_room_in_order_and_a_full_room_pushes_back() -> None:
+async def test_messages_reach_the_room_in_order_and_a_full_room_pushes_back(
+    tmp_path: Path,
+) -> None:
     updates, text = typed(3000)
     socket = Socket()
     channel = TornadoChannel(socket, "room")  # type: ignore[arg-type]
-    async with Room("room") as room, anyio.create_task_group() as tg:
+    async with GatedLog(tmp_path / "u.sqlite") as log, Room("room", updatelog=log) as room, \
+            anyio.create_task_group() as tg:
         # Frames that arrive before the room reads are queued, then handed over first.
         for update in updates[:10]:
             assert channel.deliver(protocol.update(update)) is None
@@ -50,13 +55,15 @@ async def test_messages_reach_the_room_in_order_and_a_full_room_pushes_back() ->
         tg.start_soon(serve)
         await anyio.wait_all_tasks_blocked()
         # Then tornado's callback hands frames to the room without yielding, like a burst
-        # read from the socket: once the room's inbox is full, it answers with an awaitable,
-        # which tornado awaits before reading the next frame.
+        # read from the socket, while the room's commits wait for the disk: once the room's
+        # inbox is full, it answers with an awaitable, which tornado awaits before reading
+        # the next frame.
         waits = 0
         for update in updates[10:]:
             pending: Awaitable[None] | None = channel.deliver(protocol.update(update))
             if pending is not None:
                 waits += 1
+                log.gate.set()
                 await pending
         assert waits > 0
         await room.flush()
