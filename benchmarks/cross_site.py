@@ -10,10 +10,11 @@ into the shared notebook; the latency is measured at
 * ``floor``: the bare pycrdt relay of ``_floor_server.py`` with one typist and one receiver
   (one loopback websocket relay, no persistence or checks: the best any server scores here).
 
-Latency is defined as in ``fanout.py``. The floor and the two sites run one after the other
-in the same run; all clients live in this process.
+Latency is defined as in ``fanout.py``. The floor and the paths run one after the other in
+the same run, each with its own receivers (1 at site B, 1 at site A, then 10 at site B); all
+clients live in this process.
 
-    .venv/bin/python benchmarks/cross_site.py            # 15 s of typing; 1 and 10 at site B
+    .venv/bin/python benchmarks/cross_site.py            # 30 s of typing per path
     .venv/bin/python benchmarks/cross_site.py --quick    # 2 s; 1 at site B
 """
 
@@ -109,25 +110,29 @@ async def across(base: Path, receivers_b: list[int], seconds: float,
     ) as http:
         url_a, url_b = [await h.open_session(http, s["url"], s["token"], s["notebook"])
                         for s in (site_a, site_b)]
-        typist, same_site = await joined(http, url_a, 2)
+        (typist,) = await joined(http, url_a, 1)
         # Warm the link up (first frames, lazily opened rooms) before measuring.
-        warm = await joined(http, url_b, 1)
-        await h.type_and_measure(typist, [same_site, *warm], rate=RATE, seconds=1.0,
-                                 warmup=0.2, cell=CELL)
-        await warm[0].close()
-        for n in receivers_b:
-            others = await joined(http, url_b, n)
-            typing = await h.type_and_measure(typist, [same_site, *others], rate=RATE,
-                                              seconds=seconds, warmup=warmup, cell=CELL)
-            per = typing.expected // (n + 1)
-            rows.append(row("site A -> site A (one node)", 1, typing.latencies[0], per))
-            rows.append(row("site A -> site B (two nodes)", n,
-                            [x for lat in typing.latencies[1:] for x in lat], per * n))
-            print(f"  {n} at site B: p50 {rows[-1]['p50_ms']:.2f} ms, "
+        warm = [*await joined(http, url_a, 1), *await joined(http, url_b, 1)]
+        await h.type_and_measure(typist, warm, rate=RATE, seconds=1.0, warmup=0.2, cell=CELL)
+        await asyncio.gather(*(c.close() for c in warm))
+
+        async def measure(path: str, url: str, n: int) -> None:
+            # One path at a time: the receivers share this process with the typist, and a
+            # receiver on another path would add its frames' handling to this path's times.
+            receivers = await joined(http, url, n)
+            typing = await h.type_and_measure(typist, receivers, rate=RATE, seconds=seconds,
+                                              warmup=warmup, cell=CELL)
+            rows.append(row(path, n, [x for lat in typing.latencies for x in lat],
+                            typing.expected))
+            print(f"  {path}, {n} receiving: p50 {rows[-1]['p50_ms']:.2f} ms, "
                   f"p99 {rows[-1]['p99_ms']:.2f} ms", flush=True)
-            await asyncio.gather(*(c.close() for c in others))
+            await asyncio.gather(*(c.close() for c in receivers))
+
+        await measure("site A -> site B (two nodes)", url_b, receivers_b[0])
+        await measure("site A -> site A (one node)", url_a, 1)
+        for n in receivers_b[1:]:
+            await measure("site A -> site B (two nodes)", url_b, n)
         await typist.close()
-        await same_site.close()
     return rows
 
 
@@ -136,7 +141,7 @@ async def main() -> None:
     h.add_common_args(parser)
     parser.add_argument("--seconds", type=float, default=None, help="typing time per run")
     args = parser.parse_args()
-    seconds = args.seconds or (2.0 if args.quick else 15.0)
+    seconds = args.seconds or (2.0 if args.quick else 30.0)
     warmup = 0.5 if args.quick else 1.0
     receivers_b = [1] if args.quick else [1, 10]
     with h.workdir() as base:
