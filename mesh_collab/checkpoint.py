@@ -71,12 +71,16 @@ class Checkpointer:
         self._wake.set()
 
     def changed(self) -> None:
-        """Note a change (call from the room loop: never waits)."""
+        """Note a change (call from the room loop: never waits).
+
+        Only the first change wakes the saver: later ones move its due time later, which it
+        finds when it wakes (a wake per keystroke cost the node a task switch and a timer).
+        """
         now = time.monotonic()
+        self._last_change = now
         if self._first_change is None:
             self._first_change = now
-        self._last_change = now
-        self._wake.set()
+            self._wake.set()
 
     def _due(self) -> float:
         assert self._first_change is not None
