@@ -9,30 +9,21 @@ import aiohttp
 import anyio
 from pycrdt import Doc, Provider
 
+from mesh_collab.channel import ChannelClosed
+from mesh_collab.federation.aiohttp_channel import AiohttpChannel
 
-class WebsocketChannel:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, path: str) -> None:
-        self._ws = ws
-        self._path = path
 
-    @property
-    def path(self) -> str:
-        return self._path
-
-    async def send(self, message: bytes) -> None:
-        await self._ws.send_bytes(message)
-
-    async def recv(self) -> bytes:
-        msg = await self._ws.receive()
-        if msg.type != aiohttp.WSMsgType.BINARY:
-            raise StopAsyncIteration
-        return bytes(msg.data)
+class WebsocketChannel(AiohttpChannel):
+    """The node's own aiohttp channel, iterable as pycrdt's ``Provider`` reads it."""
 
     def __aiter__(self) -> WebsocketChannel:
         return self
 
     async def __anext__(self) -> bytes:
-        return await self.recv()
+        try:
+            return await self.recv()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
 
 
 @asynccontextmanager
