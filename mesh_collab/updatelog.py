@@ -275,6 +275,10 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
 
     def _write_rows(self, rows: list[tuple[str, bytes]]) -> None:
         db = self.db
+        if len(rows) == 1:
+            # A statement outside a transaction is one: two statements fewer per keystroke.
+            db.execute("INSERT INTO updates (room, data) VALUES (?, ?)", rows[0])
+            return
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO updates (room, data) VALUES (?, ?)", rows)
