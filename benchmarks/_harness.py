@@ -465,10 +465,13 @@ class Typing:
 
 async def type_and_measure(
     typist: YClient, receivers: list[YClient], *, rate: float, seconds: float, warmup: float,
-    cell: int = 0, drain: float = 30.0,
+    cell: int = 0, drain: float = 30.0, start: float | None = None,
 ) -> Typing:
     """Type ``rate`` keystrokes per second at the end of ``cell`` for ``warmup + seconds``;
     return, for each receiver, the latency of every keystroke after the warm-up.
+
+    Keystroke k is typed at ``start + k / rate`` (``time.perf_counter()``; by default 50 ms
+    from now), so that two typists can take turns.
 
     Latency runs from just before the typist's transaction to the moment a receiver read the
     frame that brought the keystroke (keystroke k is in when the cell's text has grown by k
@@ -504,7 +507,8 @@ async def type_and_measure(
         client.on_change = watcher(client, out)
     source = cell_source(typist.doc, cell)
     wall0 = time.perf_counter()
-    start = time.perf_counter() + 0.05
+    if start is None:
+        start = time.perf_counter() + 0.05
     for k in range(1, total + 1):
         delay = start + k / rate - time.perf_counter()
         if delay > 0:

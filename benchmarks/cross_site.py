@@ -10,9 +10,11 @@ into the shared notebook; the latency is measured at
 * ``floor``: the bare pycrdt relay of ``_floor_server.py`` with one typist and one receiver
   (one loopback websocket relay, no persistence or checks: the best any server scores here).
 
-Latency is defined as in ``fanout.py``. The floor and the paths run one after the other in
-the same run, each with its own receivers (1 at site B, 1 at site A, then 10 at site B); all
-clients live in this process.
+Latency is defined as in ``fanout.py``. The paths run one after the other, each with its
+own receivers (1 at site B, 1 at site A, then 10 at site B), and each in turn with the floor:
+the floor's typist types at the same rate, half a keystroke apart, so that every path and
+the floor it is compared with see the machine as it is during the same seconds (the floor
+relay and the demo run side by side throughout). All clients live in this process.
 
     .venv/bin/python benchmarks/cross_site.py            # 30 s of typing per path
     .venv/bin/python benchmarks/cross_site.py --quick    # 2 s; 1 at site B
@@ -28,6 +30,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -89,25 +92,16 @@ def row(path: str, n: int, latencies: list[float], expected: int) -> dict[str, A
     }
 
 
-async def floor(base: Path, seconds: float, warmup: float) -> dict[str, Any]:
-    async with h.floor_server(base / "floor") as server:
-        await server.put_notebook("floor.ipynb", (h.NOTEBOOKS / "Running_Code.ipynb").read_bytes())
-        url = await server.open_session("floor.ipynb")
-        assert server.http is not None
-        typist, receiver = await joined(server.http, url, 2)
-        typing = await h.type_and_measure(typist, [receiver], rate=RATE, seconds=seconds,
-                                          warmup=warmup)
-        await typist.close()
-        await receiver.close()
-    return row("floor (one relay)", 1, typing.all, typing.expected)
-
-
 async def across(base: Path, receivers_b: list[int], seconds: float,
                  warmup: float) -> list[dict[str, Any]]:
-    rows = []
-    async with demo(base) as (site_a, site_b), aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0)
-    ) as http:
+    """Measure each path with the floor typed in turn with it (half a keystroke apart)."""
+    rows: list[dict[str, Any]] = []
+    async with h.floor_server(base / "floor") as relay, demo(base) as (site_a, site_b), \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await relay.put_notebook("floor.ipynb", (h.NOTEBOOKS / "Running_Code.ipynb").read_bytes())
+        assert relay.http is not None
+        floor_typist, floor_receiver = await joined(
+            relay.http, await relay.open_session("floor.ipynb"), 2)
         url_a, url_b = [await h.open_session(http, s["url"], s["token"], s["notebook"])
                         for s in (site_a, site_b)]
         (typist,) = await joined(http, url_a, 1)
@@ -117,22 +111,33 @@ async def across(base: Path, receivers_b: list[int], seconds: float,
         await asyncio.gather(*(c.close() for c in warm))
 
         async def measure(path: str, url: str, n: int) -> None:
-            # One path at a time: the receivers share this process with the typist, and a
-            # receiver on another path would add its frames' handling to this path's times.
+            # One path at a time (the receivers share this process with the typists), each
+            # in turn with the floor: both see the machine as it is during the same seconds.
             receivers = await joined(http, url, n)
-            typing = await h.type_and_measure(typist, receivers, rate=RATE, seconds=seconds,
-                                              warmup=warmup, cell=CELL)
-            rows.append(row(path, n, [x for lat in typing.latencies for x in lat],
-                            typing.expected))
-            print(f"  {path}, {n} receiving: p50 {rows[-1]['p50_ms']:.2f} ms, "
-                  f"p99 {rows[-1]['p99_ms']:.2f} ms", flush=True)
+            start = time.perf_counter() + 0.05
+            floor_typing, typing = await asyncio.gather(
+                h.type_and_measure(floor_typist, [floor_receiver], rate=RATE, seconds=seconds,
+                                   warmup=warmup, start=start),
+                h.type_and_measure(typist, receivers, rate=RATE, seconds=seconds,
+                                   warmup=warmup, cell=CELL, start=start + 0.5 / RATE),
+            )
+            floor_row = row("floor, in turn with the next row", 1, floor_typing.all,
+                            floor_typing.expected)
+            path_row = row(path, n, typing.all, typing.expected)
+            for r in (floor_row, path_row):
+                r["p99_vs_floor"] = r["p99_ms"] / floor_row["p99_ms"]
+            rows.extend([floor_row, path_row])
+            print(f"  {path}, {n} receiving: p50 {path_row['p50_ms']:.2f} ms, "
+                  f"p99 {path_row['p99_ms']:.2f} ms; floor in turn with it: p50 "
+                  f"{floor_row['p50_ms']:.2f} ms, p99 {floor_row['p99_ms']:.2f} ms "
+                  f"({path_row['p99_vs_floor']:.2f}x)", flush=True)
             await asyncio.gather(*(c.close() for c in receivers))
 
         await measure("site A -> site B (two nodes)", url_b, receivers_b[0])
         await measure("site A -> site A (one node)", url_a, 1)
         for n in receivers_b[1:]:
             await measure("site A -> site B (two nodes)", url_b, n)
-        await typist.close()
+        await asyncio.gather(typist.close(), floor_typist.close(), floor_receiver.close())
     return rows
 
 
@@ -145,12 +150,7 @@ async def main() -> None:
     warmup = 0.5 if args.quick else 1.0
     receivers_b = [1] if args.quick else [1, 10]
     with h.workdir() as base:
-        floor_row = await floor(base, seconds, warmup)
-        print(f"  floor: p50 {floor_row['p50_ms']:.2f} ms, p99 {floor_row['p99_ms']:.2f} ms",
-              flush=True)
-        rows = [floor_row, *await across(base, receivers_b, seconds, warmup)]
-    for r in rows:
-        r["p99_vs_floor"] = r["p99_ms"] / floor_row["p99_ms"]
+        rows = await across(base, receivers_b, seconds, warmup)
     h.print_table(f"Keystroke latency across sites ({RATE:.0f} keys/s)", rows)
     h.write_results("cross_site", args, {"seconds": seconds, "warmup": warmup, "rate": RATE,
                                          "receivers_at_b": receivers_b}, rows)
