@@ -7,14 +7,16 @@ into the shared notebook; the latency is measured at
 
 * ``site A -> site B``: clients of marie at site B (client -> node A -> node B -> client);
 * ``site A -> site A``: one more client of einstein at site A (one node, for reference);
-* ``floor``: the bare pycrdt relay of ``_floor_server.py`` with one typist and one receiver
+* ``floor``: the bare pycrdt relay of ``_floor_server.py`` with one typist and as many
+  receivers as the path it is compared with
   (one loopback websocket relay, no persistence or checks: the best any server scores here).
 
 Latency is defined as in ``fanout.py``. The paths run one after the other, each with its
 own receivers (1 at site B, 1 at site A, then 10 at site B), and each in turn with the floor:
-the floor's typist types at the same rate, half a keystroke apart, so that every path and
-the floor it is compared with see the machine as it is during the same seconds (the floor
-relay and the demo run side by side throughout). All clients live in this process.
+the floor's typist types to as many receivers at the same rate, half a keystroke apart, so
+that every path and the floor it is compared with see the machine as it is during the same
+seconds (the floor relay and the demo run side by side throughout). All clients live in this
+process.
 
     .venv/bin/python benchmarks/cross_site.py            # 30 s of typing per path
     .venv/bin/python benchmarks/cross_site.py --quick    # 2 s; 1 at site B
@@ -100,8 +102,8 @@ async def across(base: Path, receivers_b: list[int], seconds: float,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         await relay.put_notebook("floor.ipynb", (h.NOTEBOOKS / "Running_Code.ipynb").read_bytes())
         assert relay.http is not None
-        floor_typist, floor_receiver = await joined(
-            relay.http, await relay.open_session("floor.ipynb"), 2)
+        floor_url = await relay.open_session("floor.ipynb")
+        (floor_typist,) = await joined(relay.http, floor_url, 1)
         url_a, url_b = [await h.open_session(http, s["url"], s["token"], s["notebook"])
                         for s in (site_a, site_b)]
         (typist,) = await joined(http, url_a, 1)
@@ -114,14 +116,15 @@ async def across(base: Path, receivers_b: list[int], seconds: float,
             # One path at a time (the receivers share this process with the typists), each
             # in turn with the floor: both see the machine as it is during the same seconds.
             receivers = await joined(http, url, n)
+            floor_receivers = await joined(relay.http, floor_url, n)
             start = time.perf_counter() + 0.05
             floor_typing, typing = await asyncio.gather(
-                h.type_and_measure(floor_typist, [floor_receiver], rate=RATE, seconds=seconds,
+                h.type_and_measure(floor_typist, floor_receivers, rate=RATE, seconds=seconds,
                                    warmup=warmup, start=start),
                 h.type_and_measure(typist, receivers, rate=RATE, seconds=seconds,
                                    warmup=warmup, cell=CELL, start=start + 0.5 / RATE),
             )
-            floor_row = row("floor, in turn with the next row", 1, floor_typing.all,
+            floor_row = row("floor, in turn with the next row", n, floor_typing.all,
                             floor_typing.expected)
             path_row = row(path, n, typing.all, typing.expected)
             for r in (floor_row, path_row):
@@ -131,13 +134,13 @@ async def across(base: Path, receivers_b: list[int], seconds: float,
                   f"p99 {path_row['p99_ms']:.2f} ms; floor in turn with it: p50 "
                   f"{floor_row['p50_ms']:.2f} ms, p99 {floor_row['p99_ms']:.2f} ms "
                   f"({path_row['p99_vs_floor']:.2f}x)", flush=True)
-            await asyncio.gather(*(c.close() for c in receivers))
+            await asyncio.gather(*(c.close() for c in [*receivers, *floor_receivers]))
 
         await measure("site A -> site B (two nodes)", url_b, receivers_b[0])
         await measure("site A -> site A (one node)", url_a, 1)
         for n in receivers_b[1:]:
             await measure("site A -> site B (two nodes)", url_b, n)
-        await asyncio.gather(typist.close(), floor_typist.close(), floor_receiver.close())
+        await asyncio.gather(typist.close(), floor_typist.close())
     return rows
 
 
