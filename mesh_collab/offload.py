@@ -4,7 +4,8 @@ Turning a document state into ``.ipynb`` bytes (every checkpoint) takes ~0.4 s f
 notebook. A worker thread keeps the loop running only between the GIL's switch intervals:
 pycrdt's and json's long C calls hold it, and the loop stalled 100+ ms (benchmarks/README.md,
 scenario 7). So large inputs go to a worker process (anyio's process pool, started on first
-use, kept while busy); small ones, where a process hop costs more than it saves, to a thread.
+use or by :func:`prestart`, then kept); small ones, where a process hop costs more than it
+saves, to a thread.
 
 The function and its arguments must pickle: a module-level function of a module the worker
 can import, taking and returning bytes or plain data.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 import anyio.to_process
@@ -29,6 +30,7 @@ T = TypeVar("T")
 PROCESS_THRESHOLD = 256 * 1024
 
 _process_broken = False
+_prestarting: anyio.Event | None = None  # while prestart() starts a worker: set once it is up
 
 
 async def run(fn: Callable[[bytes], T], data: bytes) -> T:
@@ -37,14 +39,41 @@ async def run(fn: Callable[[bytes], T], data: bytes) -> T:
     If worker processes cannot be started here, it says so once and uses threads from then
     on (slower for the loop, same results).
     """
-    global _process_broken
-    if len(data) >= PROCESS_THRESHOLD and not _process_broken:
-        try:
-            return await anyio.to_process.run_sync(fn, data)
-        except anyio.BrokenWorkerProcess as exc:
-            _process_broken = True
-            log.warning("worker processes unavailable, using threads: %s", exc)
-        except OSError as exc:
-            _process_broken = True
-            log.warning("worker processes cannot start, using threads: %s", exc)
+    if len(data) >= PROCESS_THRESHOLD:
+        if _prestarting is not None:
+            await _prestarting.wait()  # rather than start a second worker beside it
+        done, result = await _in_process(fn, data)
+        if done:
+            return cast(T, result)
     return await anyio.to_thread.run_sync(fn, data)
+
+
+async def prestart(fn: Callable[[bytes], object], data: bytes) -> None:
+    """Start a worker process now by running ``fn(data)`` in it (its imports, its first
+    call), so that the first large input does not wait for the start (~1.2 s for the notebook
+    functions, 0.8 s of it nbformat's import). The pool always reuses its most recently used
+    worker, however long it idled (anyio retires only the others, after 5 minutes idle), so
+    the worker started here stays."""
+    global _prestarting
+    _prestarting = started = anyio.Event()
+    try:
+        await _in_process(fn, data)
+    finally:
+        _prestarting = None
+        started.set()
+
+
+async def _in_process(fn: Callable[[bytes], T], data: bytes) -> tuple[bool, T | None]:
+    """``(True, fn(data))`` from a worker process, or ``(False, None)`` if there is none."""
+    global _process_broken
+    if _process_broken:
+        return False, None
+    try:
+        return True, await anyio.to_process.run_sync(fn, data)
+    except anyio.BrokenWorkerProcess as exc:
+        _process_broken = True
+        log.warning("worker processes unavailable, using threads: %s", exc)
+    except OSError as exc:
+        _process_broken = True
+        log.warning("worker processes cannot start, using threads: %s", exc)
+    return False, None

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from mesh_collab import protocol
+from mesh_collab import notebook, offload, protocol
 from mesh_collab.channel import Channel
 from mesh_collab.cs3.client import Session
 from mesh_collab.documents import Federation, NotebookRoom, RoomSettings
@@ -32,6 +32,8 @@ from mesh_collab.federation.protocol import PROTOCOL_VERSION
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Peer, Room
 from mesh_collab.updatelog import UpdateLog
+
+_EMPTY_NOTEBOOK = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
 
 
 class _Entry:
@@ -51,6 +53,9 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         updatelog: the node's durable update log.
         settings: how notebook rooms behave.
         cleanup_delay: seconds a room stays open after its last client left.
+        start_worker: start the worker process of large notebooks (``offload.py``) now,
+            in the background, rather than when the first one opens (which would then wait
+            ~1.2 s for it).
     """
 
     def __init__(
@@ -61,8 +66,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         cleanup_delay: float = 60.0,
         federation: Federation | None = None,
         log: logging.Logger | None = None,
+        start_worker: bool = False,
     ) -> None:
         self.federation = federation
+        self.start_worker = start_worker
         self.updatelog = updatelog
         self.settings = settings
         self.cleanup_delay = cleanup_delay
@@ -77,6 +84,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncGenerator[CollabServer]:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            if self.start_worker:
+                tg.start_soon(offload.prestart, notebook.seed_state, _EMPTY_NOTEBOOK)
             self.started.set()
             try:
                 yield self

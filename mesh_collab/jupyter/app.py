@@ -50,7 +50,7 @@ import httpx
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
-from traitlets import CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Config
 
 from mesh_collab import errors
@@ -313,6 +313,14 @@ class MeshCollabApp(ExtensionApp):
         60.0,
         help="""Seconds a room stays in memory after its last client left (default 60), so
         that a reload or a short network loss does not rebuild it. 0 frees it at once.""",
+    ).tag(config=True)
+
+    start_worker = Bool(
+        True,
+        help="""Start the worker process that parses and writes large notebooks (256 KB and
+        more) with the node (default True), in the background. False starts it when the
+        first large notebook opens, which then waits ~1.2 s for it. Once started, it stays
+        (about 60 MB of memory).""",
     ).tag(config=True)
 
     stop_timeout = Float(

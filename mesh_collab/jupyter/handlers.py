@@ -88,6 +88,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         cleanup_delay=config.document_cleanup_delay,
         federation=federation,
         log=config.log,
+        start_worker=config.start_worker,
     ) as server:
         state.server = server
         try:

@@ -164,6 +164,9 @@ async def node_factory(tmp_path: Path, jupyter_env: Path) -> AsyncIterator[NodeF
         mesh.setdefault("gateway", gateway.grpc_address)
         mesh.setdefault("site", "site-a")
         mesh.setdefault("data_dir", str(tmp_path / f"data-{len(started)}"))
+        # A worker process per node would cost each test ~1 s of CPU; the tests of large
+        # notebooks start theirs on first use, test_app.py checks the default.
+        mesh.setdefault("start_worker", False)
         if mesh.get("auth_mode", "single-user") == "single-user":
             mesh.setdefault("cs3_username", "einstein")
             mesh.setdefault("cs3_password", "relativity")

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import httpx
+import psutil
 import pytest
 from jupyter_core.paths import jupyter_config_path
 from jupyter_server.config_manager import BaseJSONConfigManager
@@ -139,6 +140,23 @@ async def test_a_started_node_keeps_the_collector_off_its_startup_objects(
     await node_factory(gateway, cs3_password="relativity")
     # A full collection no longer scans the server's modules, classes and settings.
     assert gc.get_freeze_count() > 10_000
+
+
+async def test_a_started_node_starts_its_worker_process_in_the_background(
+    node_factory: NodeFactory, gateway: EmbeddedGateway
+) -> None:
+    """The worker of large notebooks starts with the node (``start_worker``, on by default),
+    so that the first large notebook does not wait for it."""
+
+    def workers() -> set[int]:
+        return {p.pid for p in psutil.Process().children() if "anyio.to_process" in p.cmdline()}
+
+    before = workers()
+    await node_factory(gateway, start_worker=MeshCollabApp.start_worker.default_value)
+    with anyio.fail_after(30):
+        # Another process's start, which the node does not announce: poll it.
+        while not workers() - before:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
 
 
 async def test_collaboration_routes_are_ours(
