@@ -6,23 +6,18 @@ import os
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc
 
-from mesh_collab import notebook, offload, server
+from mesh_collab import notebook, offload
+from tests.processes import pool_workers
 
 DATA = Path("/work/shared/data/notebooks")
 
 
 def pid_of(_data: bytes) -> int:
     return os.getpid()
-
-
-def workers() -> set[int]:
-    """The worker processes of this process's pool (anyio.to_process)."""
-    return {p.pid for p in psutil.Process().children() if "anyio.to_process" in p.cmdline()}
 
 
 def state_of(name: str) -> bytes:
@@ -77,20 +72,20 @@ async def test_without_worker_processes_it_falls_back_to_threads(
 
 
 async def test_a_prestarted_worker_serves_the_first_large_input() -> None:
-    before = workers()
-    await offload.prestart(notebook.seed_state, server._EMPTY_NOTEBOOK)
-    started = workers() - before
-    assert len(started) == 1  # running, with nbformat imported and its validator built
+    before = pool_workers()
+    await offload.prestart(pid_of, b"")
+    started = pool_workers() - before
+    assert len(started) == 1  # and running: prestart returned after its call
     large = b"x" * offload.PROCESS_THRESHOLD
     assert await offload.run(pid_of, large) in started
-    assert workers() - before == started  # no second process
+    assert pool_workers() - before == started  # no second process
 
 
 async def test_a_large_input_during_the_prestart_waits_for_its_worker() -> None:
-    before = workers()
+    before = pool_workers()
     large = b"x" * offload.PROCESS_THRESHOLD
     async with anyio.create_task_group() as tg:
-        tg.start_soon(offload.prestart, notebook.seed_state, server._EMPTY_NOTEBOOK)
+        tg.start_soon(offload.prestart, pid_of, b"")
         await anyio.wait_all_tasks_blocked()  # the prestart is starting its process
         pid = await offload.run(pid_of, large)
-    assert workers() - before == {pid}  # one process, not a second one beside it
+    assert pool_workers() - before == {pid}  # one process, not a second one beside it

@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import httpx
-import psutil
 import pytest
 from jupyter_core.paths import jupyter_config_path
 from jupyter_server.config_manager import BaseJSONConfigManager
@@ -28,6 +27,7 @@ from mesh_collab.jupyter.app import MeshCollabApp, MeshState
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.identity import CS3IdentityProvider
 from tests.jupyter.conftest import TOKEN, jupyter_process
+from tests.processes import pool_workers
 
 NodeFactory = Any
 
@@ -147,15 +147,11 @@ async def test_a_started_node_starts_its_worker_process_in_the_background(
 ) -> None:
     """The worker of large notebooks starts with the node (``start_worker``, on by default),
     so that the first large notebook does not wait for it."""
-
-    def workers() -> set[int]:
-        return {p.pid for p in psutil.Process().children() if "anyio.to_process" in p.cmdline()}
-
-    before = workers()
+    before = pool_workers()
     await node_factory(gateway, start_worker=MeshCollabApp.start_worker.default_value)
     with anyio.fail_after(30):
         # Another process's start, which the node does not announce: poll it.
-        while not workers() - before:  # noqa: ASYNC110
+        while not pool_workers() - before:  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
 
