@@ -2,8 +2,9 @@
 
 Each site is an embedded CS3 gateway plus a JupyterLab node (a ``jupyter lab`` process with
 the mesh_collab extension, in multi-user mode: log in with a CS3 user). Site A holds a sample
-notebook in einstein's home, shared with marie on site A (a local share) and with marie at
-site B (an OCM share, already accepted).
+notebook and a Markdown file in einstein's home, each shared with marie on site A (a local
+share) and with marie at site B (an OCM share, already accepted), and a small data file
+beside them that the notebook's kernel reads.
 
 It prints, for people, the addresses and logins, and for scripts one JSON line::
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import posixpath
 import secrets
 import signal
 import subprocess
@@ -45,6 +47,10 @@ from mesh_collab.jupyter.fileids import SHARED_FOLDER
 log = logging.getLogger(__name__)
 
 NOTEBOOK = "welcome.ipynb"
+#: Shared like the notebook: co-edited as a text file.
+NOTES = "notes.md"
+#: Beside the notebook, for its kernel to read.
+DATA = "data.txt"
 PASSWORDS = {"einstein": "relativity", "marie": "radioactivity", "richard": "superfluidity"}
 
 
@@ -143,28 +149,34 @@ async def _announced_url(runtime: Path, process: Any, log_path: Path) -> str:
 
 
 async def seed(sites: list[RunningSite]) -> None:
-    """Put the sample notebook into einstein's home at site A and share it."""
+    """Put the sample files into einstein's home at site A and share them."""
     a = sites[0]
-    sample = files("mesh_collab").joinpath("data", NOTEBOOK).read_bytes()
+    sample = files("mesh_collab").joinpath("data")
     async with CS3Client(a.gateway.grpc_address) as cs3:
         einstein = await cs3.login("einstein", PASSWORDS["einstein"])
-        path = f"/home/einstein/{NOTEBOOK}"
-        try:
-            info = await einstein.files.stat(path)
-        except errors.NotFound:  # first run: put the sample there
-            info = await einstein.files.write(path, sample)
         marie = await einstein.users.by_claim("username", "marie")
-        existing = {s.grantee.opaque_id for s in await einstein.shares.list(info.id)}
-        if marie.id.opaque_id not in existing:
-            share = await einstein.shares.create(info.id, marie.id, Role.EDITOR)
-            await (await cs3.login("marie", PASSWORDS["marie"])).shares.accept(share.id)
+        for name, shared in ((NOTEBOOK, True), (NOTES, True), (DATA, False)):
+            path = f"/home/einstein/{name}"
+            try:
+                info = await einstein.files.stat(path)
+            except errors.NotFound:  # first run: put the sample there
+                info = await einstein.files.write(path, sample.joinpath(name).read_bytes())
+            if not shared:
+                continue
+            existing = {s.grantee.opaque_id for s in await einstein.shares.list(info.id)}
+            if marie.id.opaque_id not in existing:
+                share = await einstein.shares.create(info.id, marie.id, Role.EDITOR)
+                await (await cs3.login("marie", PASSWORDS["marie"])).shares.accept(share.id)
+            for b in sites[1:]:
+                remote = {
+                    s.grantee.idp for s in await einstein.ocm.list() if s.resource_id == info.id
+                }
+                if b.gateway.domain not in remote:
+                    await einstein.ocm.create(
+                        info.id, UserId(idp=b.gateway.domain, opaque_id=b.spec.user), Role.EDITOR
+                    )
         a.notebook = NOTEBOOK
         for b in sites[1:]:
-            remote = {s.grantee.idp for s in await einstein.ocm.list()}
-            if b.gateway.domain not in remote:
-                await einstein.ocm.create(
-                    info.id, UserId(idp=b.gateway.domain, opaque_id=b.spec.user), Role.EDITOR
-                )
             async with CS3Client(b.gateway.grpc_address) as cs3_b:
                 user_b = await cs3_b.login(b.spec.user, PASSWORDS[b.spec.user])
                 for received in await user_b.ocm.received():
@@ -227,7 +239,8 @@ def _announce(sites: list[RunningSite], root: Path) -> None:
         out.write(f"  {site.spec.name}: {site.url}  (log in as einstein/relativity, "
                   "marie/radioactivity or richard/superfluidity)\n")
         out.write(f"           as {site.spec.user}, no login: {site.url}lab?token={site.token}\n")
-        out.write(f"           notebook: {site.notebook}\n")
+        out.write(f"           notebook: {site.notebook}"
+                  f"  (and {posixpath.dirname(site.notebook) or '.'}/{NOTES})\n")
     out.write(f"\n  data and logs: {root}\n\n")
     out.write(json.dumps({"sites": [s.line() for s in sites]}) + "\n")
     out.flush()

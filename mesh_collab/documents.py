@@ -1,10 +1,15 @@
-"""NotebookRoom: one open notebook on this node, from load to last checkpoint.
+"""DocumentRoom: one open document (a notebook or a text file) on this node, from load to
+last checkpoint.
 
-It ties a :class:`~mesh_collab.rooms.Room` to the notebook in CS3:
+It ties a :class:`~mesh_collab.rooms.Room` to the file in CS3; what differs between a
+notebook and a text file is the room's :class:`~mesh_collab.kinds.DocumentKind`:
 
 * **Load**, keeping the lineage: from the node's update log if it has the room (a restart),
   else from the CRDT state checkpointed beside the notebook, else from the ``.ipynb``
   (a new lineage). When the file changed since the state was taken, the file is merged in.
+* **Save requests** (the frontend's Ctrl+S, see :attr:`Room.on_save`): the primary
+  checkpoints at once; a replica forwards the request to the primary; a room that may not
+  write answers "skipped".
 * **Lock**: while open, the room holds the file's Reva lock through a
   :class:`~mesh_collab.cs3.locks.LockLease` (app ``mesh_collab``, a lock id naming the node
   and an epoch). A file locked by another application opens read-only, says who holds it,
@@ -12,7 +17,10 @@ It ties a :class:`~mesh_collab.rooms.Room` to the notebook in CS3:
 * **Checkpoints** to CS3 under the lock (see :mod:`mesh_collab.checkpoint`), when the last
   client leaves and at shutdown, each one a CS3 version.
 * **External changes**: the file's etag is polled; a change made behind our back is merged
-  into the live notebook cell by cell, never replayed over it.
+  into the live document (cell by cell, character by character), never replayed over it.
+  After every checkpoint and merge the document's ``state`` map carries the file's new
+  ``hash`` (its etag), as jupyter-collaboration's does: the frontend then knows the file on
+  disk is the one it shows, and Ctrl+S asks no "File Changed" question.
 
 The room's state travels to clients as the node's awareness state ``mesh`` (see
 :meth:`Room.set_status`): ``{"lock": "held" | "other" | "lost" | "none", "holder": ...,
@@ -26,6 +34,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -38,9 +47,10 @@ from mesh_collab.checkpoint import Checkpointer
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
 from mesh_collab.cs3.models import Lock
-from mesh_collab.cs3.store import CS3NotebookStore, StoredNotebook, parse, sha256
+from mesh_collab.cs3.store import CS3DocumentStore, StoredDocument, sha256
 from mesh_collab.federation.directory import MeshDirectory, Site
 from mesh_collab.federation.link import PeerLink
+from mesh_collab.kinds import NOTEBOOK, DocumentKind
 from mesh_collab.origins import Origin, StorageOrigin
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Room
@@ -100,12 +110,12 @@ class RoomSettings:
     link_timeout: float = 15.0
 
 
-class NotebookRoom(anyio.AsyncContextManagerMixin):
-    """One open notebook.
+class DocumentRoom(anyio.AsyncContextManagerMixin):
+    """One open document.
 
     Usage::
 
-        async with NotebookRoom(rid, session, updatelog=log, settings=settings) as nb:
+        async with DocumentRoom(rid, session, updatelog=log, settings=settings) as nb:
             await nb.room.serve(channel, identity, writable=nb.editable and can_write)
     """
 
@@ -119,18 +129,22 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         epoch: int = 0,
         federation: Federation | None = None,
         home: Site | None = None,
+        kind: DocumentKind = NOTEBOOK,
         log: logging.Logger | None = None,
     ) -> None:
         self.resource_id = resource_id
+        self.kind = kind
         self.federation = federation
         #: The site that owns the notebook when it is not ours (an OCM share): we never
         #: write it, we link to that site's node.
         self.home = home
-        self.name = f"json:notebook:{resource_id}"
+        self.name = f"{kind.room_prefix}{resource_id}"
         self.updatelog = updatelog
         self.settings = settings
         self.log = log or logging.getLogger(__name__)
-        self.store = CS3NotebookStore(resource_id, max_size=settings.max_notebook_size)
+        self.store = CS3DocumentStore(
+            resource_id, parse=kind.parse, max_size=settings.max_notebook_size
+        )
         self.lock_id = f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}"
         self.lineage = ""
         self.room: Room = None  # type: ignore[assignment]  # set on entry
@@ -147,6 +161,8 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._lock_state = "none"
         self._holder = ""
         self._lease_wanted = anyio.Event()
+        #: Held while the file is written (checkpoint) or looked at (poll, catch-up).
+        self._storage_lock = anyio.Lock()
         self._link: PeerLink | None = None
         self._link_scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
@@ -167,7 +183,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
 
     @property
     def ynotebook(self) -> YNotebook:
-        """The live notebook (a view on the room's current document)."""
+        """The live notebook (a view on the room's current document; notebooks only)."""
         return YNotebook(ydoc=self.room.doc)
 
     def add_writer(self, username: str, session: Session) -> None:
@@ -188,13 +204,13 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
 
         Raises:
             NotFound: no such version.
-            ValueError: the version is not a notebook.
-            PermissionDenied: the user may not edit this notebook.
+            ValueError: the version is not of this document's kind.
+            PermissionDenied: the user may not edit this document.
         """
         info = await session.files.stat(self.resource_id)
         if not info.writable:
             raise errors.PermissionDenied("viewers cannot restore", op="restore", ref=self.name)
-        version = notebook.from_bytes(await session.versions.read(self.resource_id, key))
+        version = await self.store.parsed(await session.versions.read(self.resource_id, key))
         _, stats = await self._merge_from(self.room.doc.get_update(), version, RESTORE)
         self.log.info("version restored through the room room=%s stats=%s", self.name, stats)
         return stats
@@ -202,7 +218,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
     # --- lifecycle -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def __asynccontextmanager__(self) -> AsyncGenerator[NotebookRoom]:
+    async def __asynccontextmanager__(self) -> AsyncGenerator[DocumentRoom]:
         if self.home is not None:
             async with self._remote() as nb:
                 yield nb
@@ -229,16 +245,30 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                     tg.cancel_scope.cancel()
 
     def _new_room(self, doc: Doc) -> Room:
-        return Room(
+        room = Room(
             self.name,
             doc=doc,
             updatelog=self.updatelog,
             max_message_size=self.settings.max_message_size,
             log=self.log,
         )
+        room.on_save = self._save_requested
+        return room
+
+    async def _save_requested(self) -> str:
+        """Answer a save request (the frontend's Ctrl+S): "success" once what the room
+        holds is checkpointed (a CS3 version, unless it was already), "skipped" while the
+        room may not write, "failed" when storage refuses."""
+        state = self._lock_state
+        if state in ("linked", "remote"):
+            return await self.room.forward_save()  # the primary writes
+        if state != "held":
+            return "failed" if state == "unreachable" else "skipped"
+        await self.room.flush()  # everything received before the request is in the document
+        return "success" if await self.checkpointer.flush() else "failed"
 
     @asynccontextmanager
-    async def _remote(self) -> AsyncGenerator[NotebookRoom]:
+    async def _remote(self) -> AsyncGenerator[DocumentRoom]:
         """A notebook another site owns: serve it from our replica, linked to its home node.
 
         The home node holds the lock and checkpoints; this node never writes the file. With
@@ -287,7 +317,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         link = PeerLink(
             self.room, self.resource_id, remote=site, local=self.federation.local,
             remote_url=url, node_url=self.federation.node_url,
-            on_state=self._on_link_state, log=self.log,
+            on_state=self._on_link_state, kind=self.kind.name, log=self.log,
         )
         scope = anyio.CancelScope()
 
@@ -340,11 +370,11 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         self._known_etag, self._known_sha = info.etag, digest
         if built_from_file:
             return doc, None  # just built from this very file: nothing to merge
-        if sha256(await offload.run(notebook.file_of_state, base)) == digest:
+        if sha256(await offload.run(self.kind.file_of_state, base)) == digest:
             return doc, None
-        return doc, await parse(data)  # changed since the base: merge it
+        return doc, await self.store.parsed(data)  # changed since the base: merge it
 
-    async def _doc_from(self, stored: StoredNotebook) -> Doc:
+    async def _doc_from(self, stored: StoredDocument) -> Doc:
         if stored.state is not None and stored.lineage:
             doc = Doc()
             doc.apply_update(stored.state)
@@ -356,12 +386,12 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         # nodes that both had to start from the file still merge without duplicates. Edits
         # then go through a document with its own random client id.
         doc = Doc()
-        doc.apply_update(await offload.run(notebook.seed_state, stored.data))
+        doc.apply_update(await offload.run(self.kind.seed_state, stored.data))
         self.lineage = f"file-{stored.sha256[:32]}"
-        self.log.info("room loaded from the notebook file (new lineage) room=%s", self.name)
+        self.log.info("room loaded from the file (new lineage) room=%s", self.name)
         return doc
 
-    async def _merge(self, nb: dict[str, Any]) -> None:
+    async def _merge(self, nb: Any) -> None:
         """Merge a file changed behind our back: a three-way merge done by the CRDT itself.
 
         The change from the *base* (the document as it was when last written to or read
@@ -396,7 +426,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         return base if base is not None else self.room.doc.get_update()
 
     async def _merge_from(
-        self, state: bytes, nb: dict[str, Any], origin: Origin
+        self, state: bytes, nb: Any, origin: Origin
     ) -> tuple[bytes, notebook.MergeStats]:
         """Edit the live document by the change that turns ``state`` into ``nb``.
 
@@ -408,7 +438,7 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         fork.apply_update(state)
         changes: list[bytes] = []
         fork.observe(lambda event: changes.append(event.update))
-        stats = notebook.merge_into(YNotebook(ydoc=fork), nb)
+        stats = self.kind.merge_into(fork, nb)
 
         def apply(doc: Doc) -> None:
             for update in changes:
@@ -533,13 +563,19 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
     # --- storage -----------------------------------------------------------------------------
 
     async def _checkpoint(self) -> None:
+        # One look at storage at a time: a poll between our upload and the bookkeeping after
+        # it would take our own checkpoint for somebody else's change, and merge it again.
+        async with self._storage_lock:
+            await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> None:
         lease, session = self._lease, self._writer
         if lease is None or session is None or not lease.held:
             raise errors.LockConflict("not holding the lock", op="checkpoint", ref=self.name)
         doc = self.room.doc
         state = doc.get_update()
         # Building a large .ipynb takes hundreds of milliseconds: not on the event loop.
-        data = await offload.run(notebook.file_of_state, state)
+        data = await offload.run(self.kind.file_of_state, state)
         try:
             info, digest = await self.store.save(
                 session, data, state=state, lineage=self.lineage, lock=lease.lock,
@@ -549,13 +585,13 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
             raise
         except errors.Conflict:
             # Changed behind our back: merge it, and save again at the next turn.
-            await self._check_file()
+            await self._check_file_locked()
             raise
         self._known_etag, self._known_sha = info.etag, digest
         await self._set_base(state)
-        # Tell the frontends the notebook is saved (its "dirty" dot), as jupyter-collaboration
-        # does after a save.
-        await self.room.edit(_mark_saved, SAVED)
+        # Tell the frontends the file is saved (its "dirty" dot) and what is on disk now (its
+        # hash), as jupyter-collaboration does after a save.
+        await self.room.edit(partial(_mark_saved, etag=info.etag), SAVED)
         await self._maybe_compact()
 
     def _on_saved(self) -> None:
@@ -577,6 +613,10 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
                 self.log.warning("cannot watch the file room=%s error=%s", self.name, exc)
 
     async def _check_file(self) -> None:
+        async with self._storage_lock:
+            await self._check_file_locked()
+
+    async def _check_file_locked(self) -> None:
         session = self._writer or self._opener
         info = await self.store.stat(session)
         if info.etag == self._known_etag:
@@ -585,14 +625,20 @@ class NotebookRoom(anyio.AsyncContextManagerMixin):
         if digest != self._known_sha:
             await self._merge(nb)
         self._known_etag, self._known_sha = info.etag, digest
+        # The file on disk is what the room shows (merged, or the same bytes again): tell the
+        # frontends, whose next save would otherwise see a newer file than theirs.
+        await self.room.edit(partial(_mark_saved, etag=info.etag), SAVED)
 
 
-def _mark_saved(doc: Doc) -> None:
+def _mark_saved(doc: Doc, *, etag: str) -> None:
     # jupyter_ydoc's "state" map; building a YNotebook inside a transaction would subscribe
-    # observers there, which pycrdt refuses.
+    # observers there, which pycrdt refuses. The frontend reloads the file's model (its
+    # last_modified) when "hash" changes.
     state = doc.get("state", type=Map)
     if state.get("dirty") is not False:
         state["dirty"] = False
+    if etag and state.get("hash") != etag:
+        state["hash"] = etag
 
 
 def _holder_name(lock: Lock | None) -> str:

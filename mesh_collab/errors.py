@@ -167,3 +167,11 @@ class LocalStoreError(MeshCollabError):
 
 class RoomClosed(MeshCollabError):
     """Raised when using a room that is shutting down."""
+
+
+def single_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups (a task group's body that raised),
+    or ``exc`` itself when it is not a group of exactly one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

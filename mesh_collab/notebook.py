@@ -37,6 +37,8 @@ import nbformat
 from jupyter_ydoc import YNotebook
 from pycrdt import Array, Doc, Map, Text
 
+from mesh_collab.textdiff import edit_text
+
 __all__ = [
     "MergeStats", "file_of_state", "from_bytes", "load", "merge_into", "seed_state", "to_bytes",
     "to_notebook",
@@ -52,8 +54,6 @@ _PLACEHOLDER_METADATA = {
 }
 # Keys of a cell Map that are not part of the .ipynb (jupyter_ydoc runtime state).
 _RUNTIME_KEYS = frozenset({"execution_state"})
-# Above this many compared items, difflib is too slow; fall back to coarser edits.
-_MAX_DIFF_WORK = 250_000
 _MAX_PAIRING_WORK = 10_000
 # Minimum bigram similarity for two changed cells to count as "the same cell edited".
 _PAIRING_THRESHOLD = 0.5
@@ -448,7 +448,7 @@ def _update_cell(ycell: Map[Any], old: NotebookDict, new: NotebookDict) -> bool:
         if key not in new:
             del ycell[key]
         elif key == "source":
-            _edit_text(ycell["source"], new["source"])
+            edit_text(ycell["source"], new["source"])
         elif key == "metadata":
             _update_map(ycell["metadata"], old.get("metadata", {}), new["metadata"])
         elif key == "outputs" and isinstance(ycell.get("outputs"), Array):
@@ -502,64 +502,3 @@ def _merge_meta(ymeta: Map[Any], new: NotebookDict) -> bool:
         ymeta["metadata"] = Map(copy.deepcopy(metadata))
         changed = True
     return changed
-
-
-# --- text diff --------------------------------------------------------------------------
-
-
-def _edit_text(ytext: Text, new: str) -> None:
-    """Turn ``ytext`` into ``new`` with the fewest character-level inserts and deletes.
-
-    pycrdt 0.14 indexes Text by UTF-8 byte, so each code-point offset is converted; edits
-    are applied right to left, so the text left of each edit is still the old text.
-    """
-    old = str(ytext)
-    for start, end, replacement in reversed(list(_char_edits(old, new))):
-        byte_start = len(old[:start].encode("utf-8"))
-        if end > start:
-            del ytext[byte_start : byte_start + len(old[start:end].encode("utf-8"))]
-        if replacement:
-            ytext.insert(byte_start, replacement)
-
-
-def _char_edits(old: str, new: str) -> Iterator[tuple[int, int, str]]:
-    """Yield ``(start, end, replacement)`` code-point edits of ``old``, left to right.
-
-    A line diff first, then a character diff inside each changed block of lines, keeps the
-    cost near-linear for long sources while still touching only the changed characters.
-    """
-    prefix = 0
-    limit = min(len(old), len(new))
-    while prefix < limit and old[prefix] == new[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
-        suffix += 1
-    a, b = old[prefix : len(old) - suffix], new[prefix : len(new) - suffix]
-    if not a or not b:
-        if a or b:
-            yield prefix, prefix + len(a), b
-        return
-    lines_a, lines_b = a.splitlines(keepends=True), b.splitlines(keepends=True)
-    starts_a = _offsets(lines_a, prefix)
-    starts_b = _offsets(lines_b, 0)
-    matcher = SequenceMatcher(None, lines_a, lines_b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        start, end = starts_a[i1], starts_a[i2]
-        block_a, block_b = old[start:end], b[starts_b[j1] : starts_b[j2]]
-        if tag != "replace" or len(block_a) * len(block_b) > _MAX_DIFF_WORK:
-            yield start, end, block_b
-            continue
-        chars = SequenceMatcher(None, block_a, block_b, autojunk=False)
-        for ctag, c1, c2, d1, d2 in chars.get_opcodes():
-            if ctag != "equal":
-                yield start + c1, start + c2, block_b[d1:d2]
-
-
-def _offsets(lines: list[str], base: int) -> list[int]:
-    offsets = [base]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line))
-    return offsets

@@ -1,9 +1,12 @@
 """The y-websocket wire protocol: parsing client frames, encoding server frames.
 
 Every frame starts with a message type (varuint): 0 sync, 1 awareness, 3 query-awareness
-(y-protocols). A sync frame carries a sub-type (0 step 1: a state vector; 1 step 2 and 2
-update: a Yjs update) and a length-prefixed payload. An awareness frame carries a
-length-prefixed list of ``(client id, clock, JSON state)``.
+(y-protocols), 2 raw (jupyter-collaboration's own). A sync frame carries a sub-type (0 step
+1: a state vector; 1 step 2 and 2 update: a Yjs update) and a length-prefixed payload. An
+awareness frame carries a length-prefixed list of ``(client id, clock, JSON state)``. The
+only raw message a client sends is the save request of the stock frontend (Ctrl+S): the
+string ``"save"`` and a request id; the server answers with a raw JSON string
+``{"type": "save", "responseTo": <id>, "status": "success" | "skipped" | "failed"}``.
 
 Everything here is strict: a truncated frame, trailing bytes, an unknown type or a state that
 is not a JSON object raises :class:`~mesh_collab.errors.ProtocolError`, so that the room can
@@ -40,6 +43,8 @@ class Kind(enum.IntEnum):
     UPDATE = 2
     AWARENESS = 10
     QUERY_AWARENESS = 13
+    #: The stock frontend's save request (a raw message "save" and a request id).
+    SAVE = 20
     #: mesh_collab's own control message between nodes (JSON): never from browsers.
     CONTROL = 100
 
@@ -50,6 +55,8 @@ class Frame:
 
     kind: Kind
     payload: bytes
+    #: The id of a save request (:attr:`Kind.SAVE`), which its answer repeats.
+    request_id: int = 0
 
 
 class _Reader:
@@ -120,6 +127,12 @@ def parse(message: bytes) -> Frame:
         payload = reader.bytes()
         reader.end()
         return Frame(Kind.AWARENESS, payload)
+    if msg_type == 2:
+        if reader.bytes() != b"save":
+            raise ProtocolError("unknown raw message")
+        request_id = reader.uint()
+        reader.end()
+        return Frame(Kind.SAVE, b"", request_id)
     if msg_type == 3:
         return Frame(Kind.QUERY_AWARENESS, b"")
     if msg_type == Kind.CONTROL:
@@ -132,6 +145,36 @@ def parse(message: bytes) -> Frame:
 def control(message: dict[str, Any]) -> bytes:
     """A control frame (between nodes) carrying ``message`` as JSON."""
     return uint(Kind.CONTROL) + _prefixed(json.dumps(message, separators=(",", ":")).encode())
+
+
+def save_reply(request_id: int, status: str) -> bytes:
+    """The answer to a client's save request: a raw frame carrying a JSON string."""
+    reply = {"type": "save", "responseTo": request_id, "status": status}
+    return uint(2) + _prefixed(json.dumps(reply, separators=(",", ":")).encode())
+
+
+def decode_save_reply(message: bytes) -> dict[str, Any]:
+    """Decode a save answer (:func:`save_reply`), as the frontend does.
+
+    Raises:
+        ProtocolError: not a raw frame carrying a JSON object.
+    """
+    reader = _Reader(bytes(message))
+    if reader.uint() != 2:
+        raise ProtocolError("not a raw message")
+    try:
+        reply = json.loads(reader.bytes())
+    except ValueError as exc:
+        raise ProtocolError("raw message is not JSON") from exc
+    reader.end()
+    if not isinstance(reply, dict):
+        raise ProtocolError("raw message is not a JSON object")
+    return reply
+
+
+def save_request(request_id: int) -> bytes:
+    """A client's save request (what the stock frontend sends on Ctrl+S)."""
+    return uint(2) + _prefixed(b"save") + uint(request_id)
 
 
 def decode_control(payload: bytes) -> dict[str, Any]:

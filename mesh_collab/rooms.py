@@ -53,6 +53,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pycrdt import Doc, get_update, merge_updates
 
@@ -71,6 +72,12 @@ _MAX_MERGE = 128
 #: A message that comes within this many seconds of the room's previous one is part of a
 #: burst: it waits for the loop, which merges what gathered (see :meth:`Room._receive`).
 _BURST = 0.001
+#: Seconds a save request forwarded to the primary waits for its answer.
+FORWARDED_SAVE_TIMEOUT = 30.0
+#: Seconds between renewals of the node's own awareness state. Yjs clients drop a remote
+#: state that was not renewed for 30 s (y-protocols' outdatedTimeout), as they renew their
+#: own every 15 s.
+STATUS_RENEWAL = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,10 @@ class Connection:
     synced: anyio.Event | None = None
     #: Messages in the outbox or being sent by the writer task.
     queued: int = 0
+    #: Set once we answered its sync step 1 (sent it our state). Before that it gets no
+    #: document update: one would refer to items it does not have yet, and the answer
+    #: carries every update applied until then anyway.
+    answered: bool = False
 
     @property
     def author_name(self) -> str:
@@ -174,6 +185,8 @@ class _Out:
     exclude: Connection | None = None
     author: str = ""
     local_only: bool = False
+    #: A document update (held back from connections whose sync step 1 is not answered).
+    update: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +212,22 @@ class _Edit:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Forwarded:
+    """A save request this room forwarded to the node it is linked to."""
+
+    id: int
+    status: str = "failed"
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _request_id(message: dict[str, Any]) -> int:
+    value = message.get("id")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        raise ProtocolError("a save request needs an integer id")
+    return value
 
 
 @dataclass(eq=False)
@@ -292,6 +321,12 @@ class Room(anyio.AsyncContextManagerMixin):
         # One batch may wait while another commits: the loop applies while the log writes.
         self._to_commit, self._batches_to_commit = anyio.create_memory_object_stream[_Batch](1)
         self.empty = anyio.Event()
+        #: Answers a save request (a browser's Ctrl+S, or another node's forwarded one):
+        #: returns "success", "skipped" or "failed". None: every request is "skipped".
+        self.on_save: Callable[[], Awaitable[str]] | None = None
+        self._tg: TaskGroup | None = None
+        self._save_ids = itertools.count(1)
+        self._forwarded: dict[int, _Forwarded] = {}
 
     # --- public API ----------------------------------------------------------------------
 
@@ -381,6 +416,43 @@ class Room(anyio.AsyncContextManagerMixin):
             raise edit.error
         return edit.result
 
+    async def forward_save(self) -> str:
+        """Ask the node this room is linked to (the primary) to save, once everything queued
+        here so far has reached it; return its answer ("failed" when no link answers within
+        :data:`FORWARDED_SAVE_TIMEOUT` seconds)."""
+        await self.flush()
+        links = [conn for conn in self._connections.values() if conn.peer is not None]
+        if not links:
+            return "failed"
+        request = _Forwarded(next(self._save_ids))
+        self._forwarded[request.id] = request
+        try:
+            for conn in links:
+                self._deliver(conn, protocol.control({"type": "save", "id": request.id}))
+            with anyio.move_on_after(FORWARDED_SAVE_TIMEOUT):
+                await request.done.wait()
+        finally:
+            del self._forwarded[request.id]
+        return request.status
+
+    async def _answer_save(self, conn: Connection, request_id: int) -> None:
+        """Run a save request and answer it on the connection that asked."""
+        status = "skipped"
+        if self.on_save is not None and conn.writable and self._peer_allows(
+            conn, protocol.Kind.SYNC_STEP2
+        ):
+            try:
+                status = await self.on_save()
+            except Exception:
+                # A failed save is answered, not raised: the room and the client carry on.
+                self.log.exception("save request failed room=%s", self.name)
+                status = "failed"
+        if conn.peer is None:
+            reply = protocol.save_reply(request_id, status)
+        else:
+            reply = protocol.control({"type": "saved", "id": request_id, "status": status})
+        self._deliver(conn, reply)
+
     async def serve(
         self,
         channel: Channel,
@@ -432,7 +504,9 @@ class Room(anyio.AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Room]:
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._loop)
+            tg.start_soon(self._renew_status)
             try:
                 yield self
             finally:
@@ -443,6 +517,15 @@ class Room(anyio.AsyncContextManagerMixin):
                     await self.flush()
                 tg.cancel_scope.cancel()
         self._doc.unobserve(self._subscription)
+
+    async def _renew_status(self) -> None:
+        """Re-send the node's awareness state before clients take it for gone."""
+        while True:
+            await anyio.sleep(STATUS_RENEWAL)
+            if self._status and self._connections:
+                self._status_clock += 1
+                self._broadcast_status()
+                self._wake()
 
     async def compact(self, lineage: str) -> None:
         """Replace the room's rows in the update log by one encoded state of the document.
@@ -698,6 +781,8 @@ class Room(anyio.AsyncContextManagerMixin):
                     continue
                 if conn is out.exclude or conn.close_code is not None:
                     continue
+                if out.update and not conn.answered:
+                    continue  # its sync answer, still to come, carries this update
                 if peers and out.author and out.author != conn.announced:
                     # Tell the other node whose edit follows: it checks that user's rights.
                     conn.announced = out.author
@@ -733,7 +818,9 @@ class Room(anyio.AsyncContextManagerMixin):
         if isinstance(origin, ClientOrigin):
             exclude = self._connections.get(origin.connection)
             author = exclude.author_name if exclude is not None else ""
-        self._outgoing.append(_Out(protocol.update(update), exclude=exclude, author=author))
+        self._outgoing.append(
+            _Out(protocol.update(update), exclude=exclude, author=author, update=True)
+        )
 
     def _broadcast(self, exclude: Connection | None, message: bytes) -> None:
         self._outgoing.append(_Out(message, exclude=exclude))
@@ -748,7 +835,10 @@ class Room(anyio.AsyncContextManagerMixin):
                 missing = self._doc.get_update(frame.payload)
             except ValueError as exc:
                 raise ProtocolError("bad state vector") from exc
-            self._send(conn, protocol.sync_step2(missing))
+            # Ahead of the updates still to be relayed: it covers them, and they may refer to
+            # items only it brings.
+            self._outgoing.insert(0, _Out(protocol.sync_step2(missing), target=conn))
+            conn.answered = True
         elif kind in (protocol.Kind.SYNC_STEP2, protocol.Kind.UPDATE):
             if kind is protocol.Kind.SYNC_STEP2 and conn.synced is not None:
                 conn.synced.set()
@@ -760,12 +850,29 @@ class Room(anyio.AsyncContextManagerMixin):
             self._awareness_update(conn, protocol.decode_awareness(frame.payload))
         elif kind is protocol.Kind.QUERY_AWARENESS:
             self._send(conn, self._all_awareness(for_peer=conn.peer is not None))
+        elif kind is protocol.Kind.SAVE:
+            if conn.peer is not None:
+                raise ProtocolError("save requests between nodes are control messages")
+            self._start_save(conn, frame.request_id)
         elif kind is protocol.Kind.CONTROL:
             if conn.peer is None:
                 raise ProtocolError("control messages are for node links only")
             message = protocol.decode_control(frame.payload)
             if message["type"] == "author":
                 conn.author = str(message.get("user", ""))[:256]
+            elif message["type"] == "save":
+                self._start_save(conn, _request_id(message))
+            elif message["type"] == "saved":
+                forwarded = self._forwarded.get(_request_id(message))
+                if forwarded is not None:
+                    forwarded.status = str(message.get("status", "failed"))[:16]
+                    forwarded.done.set()
+
+    def _start_save(self, conn: Connection, request_id: int) -> None:
+        if self._tg is None or self.closing:
+            self._send(conn, protocol.save_reply(request_id, "skipped"))
+            return
+        self._tg.start_soon(self._answer_save, conn, request_id)
 
     @staticmethod
     def _peer_allows(conn: Connection, kind: protocol.Kind) -> bool:

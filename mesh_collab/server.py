@@ -1,6 +1,6 @@
 """CollabServer: the rooms of one node.
 
-It opens a notebook room on first use (one load per resource, however many clients ask at
+It opens a document's room on first use (one load per resource, however many clients ask at
 once), serves clients into it, and closes it ``cleanup_delay`` seconds after its last client
 left, after a final checkpoint. It also serves awareness-only rooms (JupyterLab's global
 awareness), which keep nothing.
@@ -8,7 +8,7 @@ awareness), which keep nothing.
 Usage::
 
     async with UpdateLog(path) as log, CollabServer(updatelog=log, settings=settings) as server:
-        await server.serve_notebook(rid, session, channel, identity, writable=True)
+        await server.serve_document(rid, session, channel, identity, writable=True)
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from anyio.abc import TaskGroup, TaskStatus
 from mesh_collab import notebook, offload, protocol
 from mesh_collab.channel import Channel
 from mesh_collab.cs3.client import Session
-from mesh_collab.documents import Federation, NotebookRoom, RoomSettings
-from mesh_collab.errors import MeshCollabError, RoomClosed
+from mesh_collab.documents import DocumentRoom, Federation, RoomSettings
+from mesh_collab.errors import MeshCollabError, RoomClosed, single_cause
 from mesh_collab.federation.directory import Site
 from mesh_collab.federation.protocol import PROTOCOL_VERSION
+from mesh_collab.kinds import NOTEBOOK, DocumentKind
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Peer, Room
 from mesh_collab.updatelog import UpdateLog
@@ -37,9 +38,10 @@ _EMPTY_NOTEBOOK = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor
 
 
 class _Entry:
-    def __init__(self) -> None:
+    def __init__(self, kind: DocumentKind) -> None:
+        self.kind = kind
         self.ready = anyio.Event()
-        self.room: NotebookRoom | None = None
+        self.room: DocumentRoom | None = None
         self.error: BaseException | None = None
         self.users = 0
         self.activity = anyio.Event()
@@ -117,41 +119,57 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         self._tg.start_soon(guarded)
 
     @property
-    def rooms(self) -> dict[ResourceId, NotebookRoom]:
-        """The open notebook rooms."""
+    def rooms(self) -> dict[ResourceId, DocumentRoom]:
+        """The open rooms (of every kind)."""
         return {rid: e.room for rid, e in self._rooms.items() if e.room is not None}
 
     async def open(
-        self, resource_id: ResourceId, session: Session, *, home: Site | None = None
-    ) -> NotebookRoom:
-        """Return the room of a notebook, opening it with ``session`` if needed.
+        self,
+        resource_id: ResourceId,
+        session: Session,
+        *,
+        home: Site | None = None,
+        kind: DocumentKind = NOTEBOOK,
+    ) -> DocumentRoom:
+        """Return the room of a document, opening it with ``session`` if needed.
 
-        ``home`` names the site that owns a notebook shared with us over OCM: the room then
-        links to that site's node instead of reading and locking the file.
+        ``home`` names the site that owns a document shared with us over OCM: the room then
+        links to that site's node instead of reading and locking the file. One file has one
+        room, of one kind: while it is open as a notebook it cannot be opened as text.
 
         Raises:
-            ValueError: the file is not a notebook.
+            ValueError: the file's content is not of that kind (or it is open as another).
             StorageError: it cannot be read.
             RoomClosed: the server is stopping.
         """
         entry = self._rooms.get(resource_id)
+        if entry is not None and entry.kind is not kind:
+            raise ValueError(
+                f"the file is open as a {entry.kind.name} here; close it there to open it "
+                f"as a {kind.name}"
+            )
         if entry is None:
             if self._tg is None:
                 raise RoomClosed("the server is not running")
-            entry = self._rooms[resource_id] = _Entry()
+            entry = self._rooms[resource_id] = _Entry(kind)
             try:
                 await self._tg.start(self._run_room, resource_id, session, home, entry)
             except BaseException as exc:
-                entry.error = exc
+                # A room's task group wraps what its opening raised: callers answer the cause
+                # (a storage error is a 503, a bad file a 415), not a group.
+                cause = single_cause(exc)
+                entry.error = cause
                 entry.ready.set()
                 self._rooms.pop(resource_id, None)
-                raise
+                if cause is exc or not isinstance(cause, Exception):
+                    raise
+                raise cause from exc
         await entry.ready.wait()
         if entry.room is None:
             raise entry.error or RoomClosed(str(resource_id))
         return entry.room
 
-    async def serve_notebook(
+    async def serve_document(
         self,
         resource_id: ResourceId,
         session: Session,
@@ -159,9 +177,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         identity: Identity,
         *,
         writable: bool,
+        kind: DocumentKind = NOTEBOOK,
     ) -> None:
-        """Serve one client in a notebook's room until its channel closes."""
-        nb = await self.open(resource_id, session)
+        """Serve one client in a document's room until its channel closes."""
+        nb = await self.open(resource_id, session, kind=kind)
         entry = self._rooms[resource_id]
         entry.users += 1
         entry.activity.set()
@@ -180,9 +199,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         channel: Channel,
         identity: Identity,
         peer: Peer,
+        kind: DocumentKind = NOTEBOOK,
     ) -> None:
-        """Serve a link from another node into a notebook's room (see federation/protocol)."""
-        nb = await self.open(resource_id, session)
+        """Serve a link from another node into a document's room (see federation/protocol)."""
+        nb = await self.open(resource_id, session, kind=kind)
         entry = self._rooms[resource_id]
         entry.users += 1
         entry.activity.set()
@@ -229,7 +249,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
     ) -> None:
         started = False
         try:
-            async with NotebookRoom(
+            async with DocumentRoom(
                 resource_id,
                 session,
                 updatelog=self.updatelog,
@@ -237,6 +257,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 epoch=self.epoch,
                 federation=self.federation,
                 home=home,
+                kind=entry.kind,
                 log=self.log,
             ) as nb:
                 entry.room = nb

@@ -94,7 +94,7 @@ async def client(
     writable: bool = True, doc: Doc | None = None,
 ) -> AsyncIterator[Client]:
     server_end, client_end = memory_channel_pair(who.username)
-    tg.start_soon(partial(server.serve_notebook, rid, session, server_end, who, writable=writable))
+    tg.start_soon(partial(server.serve_document, rid, session, server_end, who, writable=writable))
     c = Client()
     if doc is not None:
         c.doc, c.nb = doc, YNotebook(ydoc=doc)

@@ -127,6 +127,8 @@ async def test_a_link_to_another_node_gets_updates_while_they_commit(tmp_path: P
         link_end, link = memory_channel_pair("link")
         tg.start_soon(partial(room.serve, link_end, Identity("node:b", site="site-b"),
                               peer=Peer(site="site-b")))
+        # Like every peer, the other node first asks for what it lacks.
+        await link.send(protocol.sync_step1(Doc().get_state()))
         log.gate.set()  # let the joins through
         async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
             await room.flush()
@@ -294,6 +296,8 @@ async def test_a_client_that_never_reads_is_closed_as_too_slow() -> None:
             stuck, never_read = anyio.create_memory_object_stream[bytes](0)
             slow_server._send = stuck
             tg.start_soon(room.serve, slow_server, MARIE)
+            # It asks for the document, as every client does, then never reads.
+            await slow.send(protocol.sync_step1(Doc().get_state()))
             for i in range(200):
                 writer.text += str(i % 10)
             with anyio.fail_after(5):

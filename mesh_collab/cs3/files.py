@@ -9,6 +9,7 @@ data-path rule), and the holder as ``X-Lock-Holder`` (master/EOS enforces the ap
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -200,7 +201,7 @@ class Files:
                 headers["X-Lock-Holder"] = lock.app_name
         if disable_versioning:
             headers["X-Disable-Versioning"] = "true"
-        await self._session.client.transfer(
+        response = await self._session.client.transfer(
             "PUT",
             endpoint,
             transfer_token=transfer_token,
@@ -210,7 +211,19 @@ class Files:
             ref=name,
             lock_id=lock_id,
         )
-        return await self.stat(ref)
+        info = await self.stat(ref)
+        uploaded = response.headers.get("OC-ETag") or response.headers.get("ETag") or ""
+        if uploaded and _bare_etag(uploaded) != _bare_etag(info.etag):
+            # Someone wrote the file between our upload and this Stat: report the etag of
+            # *our* upload, so that a caller comparing etags sees the later write as a change
+            # instead of taking it for its own.
+            info = dataclasses.replace(info, etag=uploaded)
+        return info
+
+
+def _bare_etag(etag: str) -> str:
+    """An etag without the weak marker and quotes (servers differ in how they send it)."""
+    return etag.removeprefix("W/").strip('"')
 
 
 def _pick(protocols: object, field: str, ref: Ref) -> tuple[str, str]:

@@ -1,24 +1,24 @@
-"""Notebooks and their CRDT state in CS3 storage.
+"""Documents (notebooks, text files) and their CRDT state in CS3 storage.
 
 A checkpoint writes two things:
 
-* the notebook itself, a valid ``.ipynb`` (so every other tool sees a normal file, and CS3
-  keeps each checkpoint as a version), under our lock and only if the etag is still the one
-  we last saw;
+* the file itself, a valid ``.ipynb`` or the text as typed (so every other tool sees a
+  normal file, and CS3 keeps each checkpoint as a version), under our lock and only if the
+  etag is still the one we last saw;
 * the CRDT state of the document (its *lineage*) in a hidden sidecar file beside it, named
-  after the notebook's opaque id so that a rename does not lose it:
-  ``.~mesh_collab.<opaque_id>.ystate``. The notebook's arbitrary metadata points to the
-  sidecar and says which notebook content the state matches:
+  after the file's opaque id so that a rename does not lose it:
+  ``.~mesh_collab.<opaque_id>.ystate``. The file's CS3 arbitrary metadata points to the
+  sidecar and says which file content the state matches:
 
   ============================  =============================================
   ``mesh_collab.state``         resource id of the sidecar
   ``mesh_collab.lineage``       the lineage id of the CRDT history
-  ``mesh_collab.sha256``        sha256 of the notebook bytes the state matches
+  ``mesh_collab.sha256``        sha256 of the file bytes the state matches
   ============================  =============================================
 
 Any node, at any site, can then recover the lineage: load the state, and if the file's
 sha256 differs (someone changed it outside mesh_collab), merge the file into it. Where the
-writer may not create files beside the notebook (a single-file share), the sidecar is
+writer may not create files beside the document (a single-file share), the sidecar is
 skipped with a warning; the node's local update log still holds the lineage.
 """
 
@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mesh_collab import errors, offload
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import FileInfo, Lock
-from mesh_collab.notebook import from_bytes
 from mesh_collab.resources import ResourceId
 
 log = logging.getLogger(__name__)
@@ -44,26 +44,17 @@ META_SHA = "mesh_collab.sha256"
 SIDECAR_PREFIX = ".~mesh_collab."
 
 
-async def parse(data: bytes) -> dict[str, Any]:
-    """Parse and validate ``.ipynb`` bytes, off the event loop (0.27 s for 5 MB).
-
-    Raises:
-        ValueError: not a valid notebook.
-    """
-    return await offload.run(from_bytes, data)  # type: ignore[no-any-return]
-
-
 def sha256(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
-class StoredNotebook:
-    """A notebook as read from storage, with its CRDT state when one was checkpointed."""
+class StoredDocument:
+    """A document as read from storage, with its CRDT state when one was checkpointed."""
 
     info: FileInfo
-    data: bytes  # the file's bytes (see :func:`parse`)
+    data: bytes  # the file's bytes, unparsed
     sha256: str
     state: bytes | None = None
     lineage: str | None = None
@@ -71,41 +62,61 @@ class StoredNotebook:
 
     @property
     def state_matches(self) -> bool:
-        """Whether the stored state is of exactly this notebook content."""
+        """Whether the stored state is of exactly this file content."""
         return self.state is not None and self.state_sha256 == self.sha256
 
 
-class CS3NotebookStore:
-    """Reads and checkpoints one notebook, by resource id.
+class CS3DocumentStore:
+    """Reads and checkpoints one document, by resource id.
 
     Every method takes the session to act with, so that a room can use whichever of its
     users currently has write access.
+
+    Args:
+        parse: checks and parses the file's bytes (the document kind's); it runs off the
+            event loop (0.27 s for a 5 MB notebook) and raises ValueError for bad content.
+        max_size: larger files are refused (bytes).
     """
 
-    def __init__(self, resource_id: ResourceId, *, max_size: int = 64 * 2**20) -> None:
+    def __init__(
+        self,
+        resource_id: ResourceId,
+        *,
+        parse: Callable[[bytes], Any],
+        max_size: int = 64 * 2**20,
+    ) -> None:
         self.resource_id = resource_id
+        self.parse = parse
         self.max_size = max_size
 
     async def stat(self, session: Session) -> FileInfo:
-        """Stat the notebook.
+        """Stat the file.
 
         Raises:
             StorageError: the mapped subclass.
         """
         return await session.files.stat(self.resource_id)
 
-    async def read(self, session: Session) -> tuple[FileInfo, dict[str, Any], str]:
-        """Read the notebook: ``(info, notebook, sha256 of its bytes)``.
+    async def read(self, session: Session) -> tuple[FileInfo, Any, str]:
+        """Read and parse the file: ``(info, parsed content, sha256 of its bytes)``.
 
         Raises:
-            ValueError: the file is not a notebook (or too large).
+            ValueError: the content is not of the document's kind (or too large).
             StorageError: the mapped subclass.
         """
         info, data = await self.read_bytes(session)
-        return info, await parse(data), sha256(data)
+        return info, await self.parsed(data), sha256(data)
+
+    async def parsed(self, data: bytes) -> Any:
+        """Parse file bytes with the kind's parser, off the event loop.
+
+        Raises:
+            ValueError: the content is not of the document's kind.
+        """
+        return await offload.run(self.parse, data)
 
     async def read_bytes(self, session: Session) -> tuple[FileInfo, bytes]:
-        """Read the notebook's bytes, unparsed: ``(info, data)``.
+        """Read the file's bytes, unparsed: ``(info, data)``.
 
         Raises:
             ValueError: a folder, or too large.
@@ -113,17 +124,17 @@ class CS3NotebookStore:
         """
         info = await session.files.stat(self.resource_id)
         if info.is_dir:
-            raise ValueError("a folder is not a notebook")
+            raise ValueError("a folder is not a document")
         if info.size > self.max_size:
-            raise ValueError(f"notebook too large: {info.size} bytes > {self.max_size}")
+            raise ValueError(f"file too large: {info.size} bytes > {self.max_size}")
         return info, await session.files.read(self.resource_id)
 
-    async def load(self, session: Session) -> StoredNotebook:
-        """Read the notebook's bytes and, when there is one, its checkpointed CRDT state.
+    async def load(self, session: Session) -> StoredDocument:
+        """Read the file's bytes and, when there is one, its checkpointed CRDT state.
 
         Raises:
             ValueError: a folder, or too large.
-            StorageError: the notebook cannot be read.
+            StorageError: the file cannot be read.
         """
         info, data = await self.read_bytes(session)
         state = None
@@ -133,7 +144,7 @@ class CS3NotebookStore:
                 state = await session.files.read(ResourceId.parse(pointer))
             except (errors.NotFound, errors.PermissionDenied, ValueError) as exc:
                 log.warning("crdt state unreadable ref=%s error=%s", self.resource_id, exc)
-        return StoredNotebook(
+        return StoredDocument(
             info=info,
             data=data,
             sha256=sha256(data),
@@ -152,10 +163,10 @@ class CS3NotebookStore:
         lock: Lock | None,
         if_match: str,
     ) -> tuple[FileInfo, str]:
-        """Checkpoint: write the notebook (a new CS3 version) and its CRDT state.
+        """Checkpoint: write the file (a new CS3 version) and its CRDT state.
 
         Args:
-            data: the ``.ipynb`` file's bytes (see :func:`mesh_collab.notebook.to_bytes`).
+            data: the file's bytes (the kind's ``file_of_state``).
             lock: the lock we hold (sent with every write), or None when we hold none.
             if_match: the etag we last saw; the write fails if the file changed since.
 
@@ -179,8 +190,12 @@ class CS3NotebookStore:
             )
         except (errors.PermissionDenied, errors.QuotaExceeded) as exc:
             log.warning("crdt state not stored beside ref=%s error=%s", self.resource_id, exc)
-        # Metadata writes may change the etag: learn the one we will compare against.
-        info = await session.files.stat(self.resource_id)
+        # Metadata writes may change the etag: learn the one we will compare against, unless
+        # the content changed too (another writer came after our upload): then keep our
+        # upload's, so that the next look at the file sees that write as a change.
+        after = await session.files.stat(self.resource_id)
+        if (after.size, after.mtime) == (info.size, info.mtime):
+            info = after
         return info, digest
 
     async def _write_sidecar(self, session: Session, info: FileInfo, state: bytes) -> FileInfo:

@@ -46,10 +46,11 @@ from mesh_collab.rooms import Identity, Peer, Room
 REFUSED = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.PROTOCOL_VERSION})
 
 
-def room_url(node_url: str, resource_id: ResourceId) -> str:
-    """The federation websocket URL of a room on a node."""
+def room_url(node_url: str, resource_id: ResourceId, kind: str = "notebook") -> str:
+    """The federation websocket URL of a room on a node (``kind``: a document kind's name)."""
     base = node_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    return f"{base.rstrip('/')}{PATH}{quote(str(resource_id), safe='$!')}"
+    url = f"{base.rstrip('/')}{PATH}{quote(str(resource_id), safe='$!')}"
+    return url if kind == "notebook" else f"{url}?kind={quote(kind)}"
 
 
 class PeerLink:
@@ -61,6 +62,7 @@ class PeerLink:
         remote: the other site (its node URL).
         local: our own site (name and the secret we present).
         node_url: our node's URL (sent for logs and same-site primaries).
+        kind: the room's document kind (its name, e.g. "file").
         on_state: called with "online", "offline" or "refused" when the link changes.
     """
 
@@ -74,6 +76,7 @@ class PeerLink:
         remote_url: str | None = None,
         node_url: str = "",
         on_state: Callable[[str], None] | None = None,
+        kind: str = "notebook",
         max_backoff: float = 10.0,
         max_message_size: int = 16 * 2**20,
         log: logging.Logger | None = None,
@@ -82,7 +85,7 @@ class PeerLink:
         self.resource_id = resource_id
         self.remote = remote
         self.local = local
-        self.url = room_url(remote_url or remote.url, resource_id)
+        self.url = room_url(remote_url or remote.url, resource_id, kind)
         self.node_url = node_url
         self.on_state = on_state
         self.max_backoff = max_backoff

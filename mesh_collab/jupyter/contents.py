@@ -460,7 +460,9 @@ class CS3ContentsManager(AsyncContentsManager):
         kind = _file_type(loc.path, type)
         method = "GET" if content else "HEAD"
         response = await self._webdav(session, loc, method)
-        etag = response.headers.get("ETag", "")
+        # OC-ETag is the storage's own etag (what the owner's room publishes as the
+        # document's hash); a plain ETag may be the HTTP server's, of size and mtime.
+        etag = response.headers.get("OC-ETag") or response.headers.get("ETag", "")
         mtime = 0.0
         if "Last-Modified" in response.headers:
             mtime = parsedate_to_datetime(response.headers["Last-Modified"]).timestamp()

@@ -1,11 +1,13 @@
 """The collaboration URLs of the stock JupyterLab frontend, served by mesh_collab.
 
 jupyter-collaboration 5's frontend asks ``PUT /api/collaboration/session/<path>`` for a
-document session, then connects to ``/api/collaboration/room/<format>:<type>:<file id>``.
-Here the file id is the notebook's CS3 resource id, so two paths to one resource (the owner's
-and a recipient's share path) open one room, and a rename keeps it. The session id is the
-document's *lineage*: a client that reconnects with another lineage's session (the history
-was rebuilt) is told to reload (close code 1003) instead of merging into a foreign history.
+document session, then connects to ``/api/collaboration/room/<format>:<type>:<file id>``:
+``json:notebook`` for notebooks, ``text:file`` for every file the file editor opens
+(:mod:`mesh_collab.kinds`). Here the file id is the file's CS3 resource id, so two paths to
+one resource (the owner's and a recipient's share path) open one room, and a rename keeps it.
+The session id is the document's *lineage*: a client that reconnects with another lineage's
+session (the history was rebuilt) is told to reload (close code 1003) instead of merging
+into a foreign history.
 
 Close codes are those of :mod:`mesh_collab.close_codes`.
 """
@@ -41,6 +43,7 @@ from mesh_collab.jupyter.api import api_handlers
 from mesh_collab.jupyter.fileids import resource_id_for
 from mesh_collab.jupyter.identity import MeshUser, mesh_state, session_for
 from mesh_collab.jupyter.websocket import TornadoChannel
+from mesh_collab.kinds import BY_NAME, BY_SESSION, NOTEBOOK, DocumentKind, parse_room_id
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Peer
 from mesh_collab.server import CollabServer
@@ -49,7 +52,6 @@ from mesh_collab.updatelog import UpdateLog
 log = logging.getLogger(__name__)
 
 GLOBAL_AWARENESS = "JupyterLab:globalAwareness"
-NOTEBOOK_PREFIX = "json:notebook:"
 
 
 def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
@@ -159,21 +161,24 @@ async def access_check(session: Any, rid: ResourceId) -> tuple[int | None, str, 
     except errors.StorageError:
         return CloseCode.LOAD_FAILED, "storage unavailable", False
     if info.is_dir:
-        return CloseCode.UNSUPPORTED_DOCUMENT, "a folder is not a notebook", False
+        return CloseCode.UNSUPPORTED_DOCUMENT, "a folder is not a document", False
     return None, "", info.writable
 
 
-def _parse_room(room_id: str) -> ResourceId | None:
-    if not room_id.startswith(NOTEBOOK_PREFIX):
+def _parse_room(room_id: str) -> tuple[DocumentKind, ResourceId] | None:
+    parsed = parse_room_id(room_id)
+    if parsed is None:
         return None
+    kind, file_id = parsed
     try:
-        return ResourceId.parse(room_id[len(NOTEBOOK_PREFIX) :])
+        return kind, ResourceId.parse(file_id)
     except ValueError:
         return None
 
 
 class SessionHandler(APIHandler):
-    """``PUT /api/collaboration/session/<path>``: the document session of a notebook."""
+    """``PUT /api/collaboration/session/<path>``: the document session of a notebook or a
+    text file. A binary or oversized file, or a folder, gets 415 with the reason."""
 
     @web.authenticated
     async def put(self, path: str) -> None:
@@ -187,9 +192,13 @@ class SessionHandler(APIHandler):
         if not isinstance(body, dict):
             raise web.HTTPError(400, 'the body must be {"format": ..., "type": ...}')
         doc_format, doc_type = body.get("format"), body.get("type")
-        if (doc_format, doc_type) != ("json", "notebook"):
+        kind = None
+        if isinstance(doc_format, str) and isinstance(doc_type, str):
+            kind = BY_SESSION.get((doc_format, doc_type))
+        if kind is None:
             raise web.HTTPError(
-                400, f"mesh_collab collaborates on notebooks only, not {doc_type!r} ({path!r})"
+                400, f"mesh_collab collaborates on notebooks and text files, not "
+                f"{doc_format!r}:{doc_type!r} ({path!r})"
             )
         try:
             rid = await resource_id_for(session, path)
@@ -198,9 +207,11 @@ class SessionHandler(APIHandler):
         except errors.StorageError as exc:
             raise _session_error(exc, path) from exc
         try:
-            room = await state.server.open(rid, session, home=await home_of(state, session, rid))
+            room = await state.server.open(
+                rid, session, home=await home_of(state, session, rid), kind=kind
+            )
         except ValueError as exc:
-            raise web.HTTPError(415, f"not a notebook: {path!r}") from exc
+            raise web.HTTPError(415, f"{path!r} cannot be opened here: {exc}") from exc
         except errors.StorageError as exc:
             raise _session_error(exc, path) from exc
         self.set_status(201)
@@ -212,7 +223,7 @@ class SessionHandler(APIHandler):
 def _session_error(exc: errors.StorageError, path: str) -> web.HTTPError:
     """The HTTP answer to a storage error while opening ``path`` (no internal references)."""
     for cls, status, text in (
-        (errors.NotFound, 404, "no such notebook"),
+        (errors.NotFound, 404, "no such file"),
         (errors.PermissionDenied, 403, "no access to"),
         (errors.Unauthenticated, 401, "CS3 session expired for"),
         (errors.InvalidArgument, 400, "not a valid path"),
@@ -224,7 +235,7 @@ def _session_error(exc: errors.StorageError, path: str) -> web.HTTPError:
 
 
 class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
-    """``/api/collaboration/room/<room id>``: y-websocket for a notebook or global awareness."""
+    """``/api/collaboration/room/<room id>``: y-websocket for a document or global awareness."""
 
     channel: TornadoChannel | None = None
 
@@ -252,10 +263,11 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if room_id == GLOBAL_AWARENESS:
             server.start_soon(server.serve_awareness, room_id, self.channel, identity_of(user))
             return
-        rid = _parse_room(room_id)
-        if rid is None:
+        parsed = _parse_room(room_id)
+        if parsed is None:
             await self.channel.close(CloseCode.BAD_REQUEST, "unsupported room id")
             return
+        kind, rid = parsed
         home = await home_of(state, session, rid)
         if home is None:
             code, reason, writable = await access_check(session, rid)
@@ -265,7 +277,7 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             await self.channel.close(code, reason)
             return
         try:
-            room = await server.open(rid, session, home=home)
+            room = await server.open(rid, session, home=home, kind=kind)
         except ValueError as exc:
             await self.channel.close(CloseCode.UNSUPPORTED_DOCUMENT, str(exc)[:120])
             return
@@ -280,8 +292,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             return
         server.start_soon(
             partial(
-                server.serve_notebook, rid, session, self.channel, identity_of(user),
-                writable=writable,
+                server.serve_document, rid, session, self.channel, identity_of(user),
+                writable=writable, kind=kind,
             )
         )
 
@@ -298,7 +310,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
 
 
 class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
-    """``/mesh/federation/v1/rooms/<resource id>``: another node links to one of our rooms.
+    """``/mesh/federation/v1/rooms/<resource id>[?kind=file]``: another node links to one of
+    our rooms (of a notebook unless ``kind`` names another kind).
 
     Peers authenticate with their site's shared secret (federation/protocol.py); browsers'
     Jupyter credentials play no part here. The close codes: 4401 unknown site or wrong
@@ -335,10 +348,12 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if version != str(PROTOCOL_VERSION):
             await self.channel.close(CloseCode.PROTOCOL_VERSION, f"speaks {PROTOCOL_VERSION}")
             return
-        rid = _parse_room(NOTEBOOK_PREFIX + room_id)
-        if rid is None:
-            await self.channel.close(CloseCode.BAD_REQUEST, "bad resource id")
+        kind = BY_NAME.get(self.get_query_argument("kind", NOTEBOOK.name))
+        parsed = _parse_room(NOTEBOOK.room_prefix + room_id)
+        if parsed is None or kind is None:
+            await self.channel.close(CloseCode.BAD_REQUEST, "bad resource id or kind")
             return
+        _, rid = parsed
         await state.wait_ready()
         session = state.sessions.default
         if session is None:
@@ -355,7 +370,7 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         identity = Identity(username=f"node:{site.name}", site=site.name)
         server: CollabServer = state.server
         log.info("link accepted room=%s site=%s", rid, site.name)
-        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer)
+        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer, kind)
 
     def on_message(self, message: bytes | str) -> Awaitable[None] | None:
         return self.channel.deliver(message) if self.channel is not None else None

@@ -287,6 +287,15 @@ class CS3IdentityProvider(IdentityProvider):
 
     def user_to_cookie(self, user: User) -> str:
         key = user.session_key if isinstance(user, MeshUser) else ""
+        if not key and self.multi_user:
+            # The Jupyter token logged in the node's default user (the tokenized link): the
+            # cookie gets a session key of its own, as a form login would, so the browser's
+            # next requests and websockets (which carry the cookie, not the token) are
+            # that user's too, and logging out ends just this login.
+            default_session = self.state.sessions.default
+            if default_session is not None and default_session.user is not None:
+                if default_session.user.username == user.username:
+                    key = self.state.sessions.add(default_session)
         return json.dumps({"username": user.username, "key": key})
 
     def user_from_cookie(self, cookie_value: str) -> User | None:

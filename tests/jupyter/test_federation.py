@@ -18,6 +18,7 @@ from mesh_collab.cs3.models import Role, UserId
 from mesh_collab.federation.protocol import PATH
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.nodepeer import node_peer
+from tests.reliability.yclient import YClient
 
 DATA = Path("/work/shared/data/notebooks")
 SECRETS = {"site-a": "secret-of-site-a-" * 2, "site-b": "secret-of-site-b-" * 2}
@@ -65,6 +66,7 @@ async def two_sites(
     *,
     role: Role = Role.EDITOR,
     write_directory: bool = True,
+    **traits: Any,
 ) -> Mesh:
     gw_a = await gateway_factory(site="site-a")
     gw_b = await gateway_factory(site="site-b")
@@ -78,10 +80,10 @@ async def two_sites(
     (received,) = await marie.ocm.received()
     await marie.ocm.accept(received.id)
     peers_file = tmp_path / "mesh.json"
-    a = await node_factory(gw_a, site="site-a", peers=f"@{peers_file}")
+    a = await node_factory(gw_a, site="site-a", peers=f"@{peers_file}", **traits)
     b = await node_factory(
         gw_b, site="site-b", cs3_username="marie", cs3_password="radioactivity",
-        peers=f"@{peers_file}",
+        peers=f"@{peers_file}", **traits,
     )
     mesh = Mesh(a, b, str(info.id), einstein, tmp_path)
     mesh.domains = (gw_a.domain, gw_b.domain)
@@ -402,3 +404,30 @@ async def test_three_nodes_two_sites_converge(
             assert states[0] == states[1] == states[2] and len(states[0]) == 28
             status = [s["mesh"] for s in (await p2.dump())["awareness"] if "mesh" in s]
             assert status[0]["lock"] == "linked" and mesh.a.url.rstrip("/") in status[0]["holder"]
+
+
+async def test_ctrl_s_at_the_replica_is_forwarded_to_the_home_node(
+    gateway_factory, cs3_client_factory, node_factory, tmp_path
+) -> None:
+    """marie presses Ctrl+S at site B: site A (the primary, holding the lock) checkpoints
+    what she typed, and her save is answered "success" only once it is in einstein's file."""
+    # No timer would save within the test: only the save request can.
+    mesh = await two_sites(
+        gateway_factory, cs3_client_factory, node_factory, tmp_path,
+        checkpoint_quiet_period=600, checkpoint_max_interval=900,
+    )
+    s_b = await session_of(mesh.b, "Shared with me/shared.ipynb")
+    url = f"{ws_base(mesh.b)}/{mesh.room}?sessionId={s_b['sessionId']}"
+    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+        marie = await tg.start(
+            YClient(url, headers={"Authorization": f"token {TOKEN}"}).run, http
+        )
+        await marie.synced.wait()
+        source = marie.nb.ycells[0]["source"]
+        source += " # saved from site B"
+        assert (await marie.save(3)) == {"type": "save", "responseTo": 3, "status": "success"}
+        from mesh_collab import notebook
+
+        saved = notebook.from_bytes(await mesh.einstein.files.read(mesh.rid))
+        assert saved["cells"][0]["source"].endswith(" # saved from site B")
+        await marie.close()

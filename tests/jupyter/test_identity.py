@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from tornado.web import HTTPError
@@ -13,6 +14,7 @@ from tornado.web import HTTPError
 from mesh_collab.cs3.client import CS3Client
 from mesh_collab.cs3.gateway import EmbeddedGateway
 from mesh_collab.jupyter.identity import MeshUser, Sessions
+from tests.jupyter.conftest import TOKEN
 
 Node = Any
 NodeFactory = Any
@@ -156,6 +158,37 @@ async def test_multi_user_token_stands_for_the_configured_default_user(
         await node.login(http, "marie", "radioactivity")
         marie = await http.get(f"{node.url}api/me")
         assert marie.json()["identity"]["username"] == "marie"
+
+
+async def test_multi_user_tokenized_link_logs_the_browser_in_for_its_websockets(
+    node_factory: Any, gateway: Any
+) -> None:
+    """The demo prints ``<node>/lab?token=...``: the cookie that link sets must carry the
+    browser's next requests and websockets (which send no token) as the default user."""
+    node = await node_factory(
+        gateway, auth_mode="multi-user", cs3_username="einstein", cs3_password="relativity"
+    )
+    async with browser() as http:
+        # (Only mesh_collab is loaded here, not /lab: the browser test opens the real link.)
+        page = await http.get(f"{node.url}api/status?token={TOKEN}")
+        assert page.status_code == 200
+        me = await http.get(f"{node.url}api/me")  # the cookie alone
+        assert me.status_code == 200, me.text
+        assert me.json()["identity"]["username"] == "einstein"
+        cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+        ws_url = node.url.replace("http://", "ws://") + "api/collaboration/room/" + (
+            "JupyterLab:globalAwareness"
+        )
+        async with aiohttp.ClientSession() as ws_http, ws_http.ws_connect(
+            ws_url, headers={"Cookie": cookie}
+        ) as ws:
+            first = await ws.receive(timeout=10)
+            assert first.type is aiohttp.WSMsgType.BINARY, first
+        # Logging out ends this login only; the link logs in again.
+        await http.get(f"{node.url}logout")
+        assert (await http.get(f"{node.url}api/me")).status_code == 403
+        again = await http.get(f"{node.url}api/me", params={"token": TOKEN})
+        assert again.status_code == 200
 
 
 async def test_contents_without_a_session_is_401_in_multi_user_mode(multi: Node) -> None:

@@ -6,7 +6,8 @@
 //   {"op": "append", "cell": 0, "text": "..."}   type at the end of a cell's source
 //   {"op": "insert_cell", "index": 1, "source": "..."}
 //   {"op": "cursor", "cell": 0, "index": 3}       publish a cursor in a cell
-//   {"op": "dump"}                                -> {"event": "dump", "cells": [...], "awareness": [...]}
+//   {"op": "type", "text": "..."}                 type at the end of a text file (YUnicode)
+//   {"op": "dump"}                                -> {"event": "dump", "cells": [...], "text": "...", "awareness": [...]}
 //   {"op": "close"}                               -> exits
 // Events: {"event": "synced"}, {"event": "status", "status": ...},
 //         {"event": "closed", "code": ..., "reason": ...}, {"event": "update"} on each change.
@@ -48,7 +49,12 @@ function dump() {
   provider.awareness.getStates().forEach((state, clientID) => {
     if (clientID !== doc.clientID) states.push({ clientID, ...state });
   });
-  return { event: 'dump', cells: cells().toArray().map((c) => c.get('source').toString()), awareness: states };
+  return {
+    event: 'dump',
+    cells: cells().toArray().map((c) => c.get('source').toString()),
+    text: doc.getText('source').toString(),
+    awareness: states,
+  };
 }
 
 const rl = readline.createInterface({ input: process.stdin });
@@ -66,6 +72,9 @@ rl.on('line', (line) => {
     cell.set('outputs', new Y.Array());
     cell.set('execution_count', null);
     cells().insert(cmd.index, [cell]);
+  } else if (cmd.op === 'type') {
+    const source = doc.getText('source');
+    source.insert(source.length, cmd.text);
   } else if (cmd.op === 'cursor') {
     const source = cells().get(cmd.cell).get('source');
     const pos = Y.relativePositionToJSON(Y.createRelativePositionFromTypeIndex(source, cmd.index));

@@ -287,6 +287,8 @@ async def test_slow_reader_is_closed_and_memory_stays_bounded() -> None:
                 stuck, never_read = anyio.create_memory_object_stream[bytes](0)
                 slow_server._send = stuck  # its reader never reads: sends block forever
                 tg.start_soon(room.serve, slow_server, MARIE)
+                # It asks for the document, as every client does, then never reads.
+                await slow.send(protocol.sync_step1(Doc().get_state()))
                 gc.collect()
                 before = tracemalloc.get_traced_memory()[0]
                 for i in range(5000):

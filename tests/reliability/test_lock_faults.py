@@ -53,7 +53,7 @@ class StatusWatcher:
         server_end, end = memory_channel_pair("watcher")
         async with anyio.create_task_group() as tg:
             tg.start_soon(
-                partial(server.serve_notebook, rid, session, server_end, MARIE, writable=False)
+                partial(server.serve_document, rid, session, server_end, MARIE, writable=False)
             )
             async for message in end:
                 frame = protocol.parse(message)

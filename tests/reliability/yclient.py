@@ -48,6 +48,8 @@ class YClient:
     synced: anyio.Event = field(default_factory=anyio.Event)
     errors: list[str] = field(default_factory=list)
     sent_frames: int = 0
+    #: Answers to our save requests (decoded JSON), in arrival order.
+    save_replies: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._changed = anyio.Event()
@@ -105,6 +107,10 @@ class YClient:
                 listener()
 
     def _handle(self, data: bytes) -> None:
+        if data[:1] == b"\x02":  # a raw message: the answer to a save request
+            self.save_replies.append(protocol.decode_save_reply(data))
+            self._changed.set()
+            return
         frame = protocol.parse(data)
         if frame.kind is protocol.Kind.SYNC_STEP1:
             self._pending.insert(0, protocol.sync_step2(self.doc.get_update(frame.payload)))
@@ -145,6 +151,16 @@ class YClient:
     async def send_raw(self, data: bytes) -> None:
         assert self._ws is not None
         await self._ws.send_bytes(data)
+
+    async def save(self, request_id: int) -> dict[str, Any]:
+        """Ask the node to save, as the frontend's Ctrl+S does; return its answer."""
+        await self.flush()
+        await self.send_raw(protocol.save_request(request_id))
+        return await self.until(  # type: ignore[no-any-return]
+            lambda: next((r for r in self.save_replies if r.get("responseTo") == request_id),
+                         None),
+            timeout=30,
+        )
 
     async def set_awareness(self, client_id: int, clock: int, state: dict[str, Any]) -> None:
         await self.send_raw(
