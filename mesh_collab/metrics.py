@@ -61,6 +61,9 @@ ROLES: Mapping[str, str] = {
     "lost": "lost",  # the lock was taken from us
     "none": "none",  # no user with write access joined yet
 }
+#: The roles in which the room's changes are this node's to write: their checkpoint lag counts
+#: (a secondary's or replica's changes are written by the node it links to).
+WRITERS = frozenset({"primary", "unreachable", "lost", "none"})
 #: The states of a link to another node (``federation/link.py``).
 LINK_STATES = ("connecting", "online", "offline", "refused")
 
@@ -196,7 +199,8 @@ class NodeCollector:
         for node in self.nodes:
             for served in list(node.rooms.values()):
                 kind = kind_of(served.room.name)
-                rooms[kind, ROLES.get(served.lock_state, served.lock_state)] += 1
+                role = ROLES.get(served.lock_state, served.lock_state)
+                rooms[kind, role] += 1
                 for conn in served.room.clients:
                     if conn.peer is None:
                         clients[kind] += 1
@@ -205,7 +209,7 @@ class NodeCollector:
                 if served.link is not None:
                     links[served.link.state] += 1
                 since = served.checkpointer.unsaved_since
-                if since is not None:
+                if since is not None and role in WRITERS:
                     unsaved += 1
                     lag = max(lag, now - since)
             for room in list(node.awareness_rooms.values()):
@@ -232,10 +236,10 @@ class NodeCollector:
         yield family
         yield GaugeMetricFamily(
             "mesh_collab_checkpoint_lag_seconds", "Age of the oldest change not yet written "
-            "to storage, over all rooms (0: everything saved).", value=lag)
+            "to storage, over the rooms this node writes (0: everything saved).", value=lag)
         yield GaugeMetricFamily(
-            "mesh_collab_rooms_unsaved", "Rooms with changes not yet written to storage.",
-            value=unsaved)
+            "mesh_collab_rooms_unsaved", "Rooms this node writes with changes not yet "
+            "written to storage.", value=unsaved)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
