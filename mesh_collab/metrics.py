@@ -172,7 +172,7 @@ class Node(Protocol):
 
 def kind_of(room_name: str) -> str:
     """A room's kind from its name: ``"json:notebook:<id>"`` is a ``notebook``."""
-    parts = room_name.split(":")
+    parts = room_name.split(":", 2)
     return parts[1] if len(parts) == 3 else "other"
 
 
