@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from mesh_collab import metrics
 from mesh_collab.errors import MeshCollabError
 
 
@@ -64,6 +65,11 @@ class Checkpointer:
     def dirty(self) -> bool:
         """Whether there are changes not yet saved."""
         return self._first_change is not None
+
+    @property
+    def unsaved_since(self) -> float | None:
+        """The ``time.monotonic()`` of the oldest change not yet saved; None if saved."""
+        return self._first_change
 
     def set_enabled(self, enabled: bool) -> None:
         """Allow or stop saving (stopped while our lock is lost or another app holds it)."""
@@ -128,9 +134,11 @@ class Checkpointer:
                 if self._first_change is None or (started or 0) < self._first_change:
                     self._first_change = started
                 self.failures += 1
+                metrics.COUNTS.checkpoint_failures += 1
                 self.log.warning("checkpoint failed, will retry: %s", exc)
                 return False
             self.saves += 1
+            metrics.CHECKPOINT_DURATION.observe(time.monotonic() - begin)
             self.last_saved = time.time()
             self.saved.set()
             self.saved = anyio.Event()

@@ -42,7 +42,7 @@ from anyio.abc import TaskGroup
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Map
 
-from mesh_collab import errors, notebook, offload
+from mesh_collab import errors, metrics, notebook, offload
 from mesh_collab.checkpoint import Checkpointer
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
@@ -180,6 +180,17 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
     def editable(self) -> bool:
         """Whether edits are accepted now (we hold the lock, or nobody else does)."""
         return self._lock_state == "held"
+
+    @property
+    def lock_state(self) -> str:
+        """The lock state: "held", "other", "lost", "linked", "remote", "unreachable" or
+        "none" (see :meth:`_hold_lock`)."""
+        return self._lock_state
+
+    @property
+    def link(self) -> PeerLink | None:
+        """The link to the node that holds the lock or owns the notebook, if any."""
+        return self._link
 
     @property
     def ynotebook(self) -> YNotebook:
@@ -504,6 +515,7 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                         # lock. Keep accepting edits (into the log), stop writing, and take
                         # the lock again when storage answers.
                         self._set_lock_state("unreachable")
+                    metrics.COUNTS.lock_losses[self._lock_state] += 1
                     self._lease = None
             except errors.LockConflict:
                 lock = await self._current_lock(session)

@@ -57,7 +57,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pycrdt import Doc, get_update, merge_updates
 
-from mesh_collab import protocol
+from mesh_collab import metrics, protocol
 from mesh_collab.channel import Channel, ChannelClosed, PushChannel
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.errors import LocalStoreError, ProtocolError, RoomClosed
@@ -246,6 +246,7 @@ class _Batch:
     outgoing: list[_Out]
     edits: list[_Edit]
     relayed: anyio.Event = field(default_factory=anyio.Event)
+    arrived: float = 0.0  # time.monotonic() when its oldest message came in (metrics)
 
 
 async def _send(stream: MemoryObjectSendStream[Any], item: Any) -> None:
@@ -318,6 +319,7 @@ class Room(anyio.AsyncContextManagerMixin):
         self._batches = 0
         self._committing = 0  # batches handed to the committer, not relayed yet
         self._last_message = 0.0  # time.monotonic() when the last message came in
+        self._arrived = 0.0  # time.monotonic() of the oldest message not in a batch yet
         # One batch may wait while another commits: the loop applies while the log writes.
         self._to_commit, self._batches_to_commit = anyio.create_memory_object_stream[_Batch](1)
         self.empty = anyio.Event()
@@ -589,6 +591,7 @@ class Room(anyio.AsyncContextManagerMixin):
         inbox is full (the caller awaits it before reading the next message)."""
         if conn.close_code is not None:
             return None  # closing: what follows is dropped
+        metrics.COUNTS.received_bytes += len(message)
         if len(message) > self.max_message_size:
             conn.kill(CloseCode.MESSAGE_TOO_BIG, "message too big")
             return None
@@ -601,6 +604,8 @@ class Room(anyio.AsyncContextManagerMixin):
         item = _Msg(conn, frame)
         now = time.monotonic()
         alone, self._last_message = now - self._last_message > _BURST, now
+        metrics.COUNTS.received[frame.kind] += 1
+        self._arrived = self._arrived or now
         if alone and self._idle():
             # Do the loop's work here and now, a turn of the event loop sooner: the loop
             # waits, and nothing can come between (the committer holds nothing either). Not
@@ -673,6 +678,7 @@ class Room(anyio.AsyncContextManagerMixin):
             updates, commit, self._outgoing, [item for item in batch if isinstance(item, _Edit)]
         )
         self._pending_updates, self._outgoing = [], []
+        done.arrived, self._arrived = self._arrived, 0.0
         return done
 
     def _finished_at_once(self, done: _Batch) -> bool:
@@ -763,6 +769,7 @@ class Room(anyio.AsyncContextManagerMixin):
         self._batches += 1
         self._updates += len(updates)
         self._relay(batch.outgoing, peers=False)
+        metrics.relayed(batch.arrived, len(updates))
         if updates:
             for listener in list(self._listeners):
                 listener(updates)
@@ -792,6 +799,7 @@ class Room(anyio.AsyncContextManagerMixin):
     def _deliver(self, conn: Connection, message: bytes) -> None:
         """Send ``message`` at once when nothing is queued before it and the channel takes it
         (a task switch less per receiver on every keystroke); else queue it for the writer."""
+        metrics.COUNTS.sent_bytes += len(message)
         try:
             if conn.queued == 0 and conn.channel.send_nowait(message):
                 return
@@ -839,9 +847,13 @@ class Room(anyio.AsyncContextManagerMixin):
             # items only it brings.
             self._outgoing.insert(0, _Out(protocol.sync_step2(missing), target=conn))
             conn.answered = True
+            if conn.peer is not None:
+                metrics.COUNTS.resync_bytes["sent"] += len(missing)
         elif kind in (protocol.Kind.SYNC_STEP2, protocol.Kind.UPDATE):
             if kind is protocol.Kind.SYNC_STEP2 and conn.synced is not None:
                 conn.synced.set()
+            if kind is protocol.Kind.SYNC_STEP2 and conn.peer is not None:
+                metrics.COUNTS.resync_bytes["received"] += len(frame.payload)
             if not (conn.writable and self._accept_edits and self._peer_allows(conn, kind)):
                 conn.refused_updates += 1
                 return

@@ -123,6 +123,11 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         """The open rooms (of every kind)."""
         return {rid: e.room for rid, e in self._rooms.items() if e.room is not None}
 
+    @property
+    def awareness_rooms(self) -> dict[str, Room]:
+        """The open awareness-only rooms (JupyterLab's global awareness)."""
+        return dict(self._awareness_rooms)
+
     async def open(
         self,
         resource_id: ResourceId,

@@ -62,6 +62,7 @@ from typing import Any
 
 import anyio
 
+from mesh_collab import metrics
 from mesh_collab.errors import LocalStoreError
 
 # ``seq`` is the rowid: a new row gets one more than the largest there, so a room's rows keep
@@ -88,6 +89,7 @@ class Commit:
     rows: list[tuple[str, bytes]] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+    started: float = 0.0  # time.monotonic() when its write started (metrics)
 
     async def wait(self) -> None:
         """Return once the rows are written (see the module's docstring).
@@ -295,6 +297,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         batch, self._batch = self._batch, Commit()
         now = time.monotonic()
         alone, self._last_commit = now - self._last_commit > _BURST, now
+        batch.started = now
         if self.sync_interval and alone and not self._worker.busy:
             # A commit alone: nothing else uses the connection, and the commit does not fsync.
             try:
@@ -320,6 +323,7 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         else:
             self.commits += 1
             self.rows_written += len(batch.rows)
+            metrics.COMMIT_DURATION.observe(time.monotonic() - batch.started)
             self._written()
         batch.done.set()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from mesh_collab import metrics
 from mesh_collab.channel import ChannelClosed
 from mesh_collab.close_codes import CloseCode
 
@@ -45,4 +46,6 @@ class AiohttpChannel:
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         # Application codes end at 4999; anything beyond is a normal close on the wire.
         code = code if code < 5000 else CloseCode.NORMAL
+        if not self._ws.closed:
+            metrics.connection_closed(code)
         await self._ws.close(code=code, message=reason[:120].encode())

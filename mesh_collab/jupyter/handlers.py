@@ -27,7 +27,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
-from mesh_collab import errors
+from mesh_collab import errors, metrics
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.models import ReceivedOCMShare, Role, ShareState
 from mesh_collab.documents import Federation, RoomSettings
@@ -94,7 +94,8 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
     ) as server:
         state.server = server
         try:
-            yield server
+            with metrics.exported(server):
+                yield server
         finally:
             state.server = None
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from mesh_collab import metrics
 from mesh_collab.channel import ChannelClosed, Receiver
 from mesh_collab.close_codes import CloseCode
 
@@ -93,6 +94,7 @@ class TornadoChannel:
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if not self.closed.is_set():
             self._handler.close(code, reason[:120])
+            metrics.connection_closed(code)
             self.mark_closed()
 
     def deliver(self, message: bytes | str) -> Awaitable[None] | None:
