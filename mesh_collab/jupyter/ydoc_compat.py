@@ -68,8 +68,8 @@ class _Hold:
 
     handed_out: float = field(default_factory=time.monotonic)
     ready: anyio.Event = field(default_factory=anyio.Event)
-    room: NotebookRoom | None = None
-    error: BaseException | None = None
+    #: The held room; None until held, and again once released or failed to open.
+    notebook: NotebookRoom | None = None
 
 
 class YDocCompat:
@@ -188,12 +188,12 @@ class YDocCompat:
         """Whether the held room of ``resource_id`` must stay open: handed out less than
         ``grace`` seconds ago, or a busy kernel of this server runs one of its cells."""
         hold = self._holds.get(resource_id)
-        if hold is None or hold.room is None:
+        if hold is None or hold.notebook is None:
             return False
         if time.monotonic() - hold.handed_out < self.grace:
             return True
         kernels = self.app.serverapp.kernel_manager
-        for kernel_id in _running_kernels(hold.room.room.doc):
+        for kernel_id in _running_kernels(hold.notebook.room.doc):
             if kernel_id in kernels and kernels.get_kernel(kernel_id).execution_state == "busy":
                 return True
         return False
@@ -246,13 +246,13 @@ class YDocCompat:
                 return None
         hold.handed_out = time.monotonic()
         await hold.ready.wait()
-        return hold.room
+        return hold.notebook
 
     async def _run_hold(self, rid: ResourceId, session: Session, hold: _Hold) -> None:
         server = self.app.state.server
         try:
             async with server.open_direct(rid, session, home=await self._home(session, rid)) as nb:
-                hold.room = nb
+                hold.notebook = nb
                 hold.ready.set()
                 self.log.info("room held for a kernel room=%s", rid)
                 # A kernel's busy state changes with no event to wait on: check it.
@@ -260,12 +260,11 @@ class YDocCompat:
                     await anyio.sleep(self.poll_interval)
                 self.log.info("room released by the kernels room=%s", rid)
         except _OPEN_ERRORS as exc:
-            hold.error = exc
             self.log.warning("get_document: cannot open room=%s error=%s", rid, exc)
         finally:
             # No await between the last check and here: a hand-out either extended this
             # hold in time, or finds it gone and starts a new one.
-            hold.room = None
+            hold.notebook = None
             hold.ready.set()
             if self._holds.get(rid) is hold:
                 del self._holds[rid]
