@@ -829,6 +829,13 @@ class Room(anyio.AsyncContextManagerMixin):
         self._outgoing.append(
             _Out(protocol.update(update), exclude=exclude, author=author, update=True)
         )
+        if origin is None:
+            # Not the loop's own transaction (each of those has an origin): code that edits
+            # the document directly, on the event loop's thread but outside the loop, like
+            # jupyter-server-nbmodel writing a kernel's outputs (jupyter/ydoc_compat.py).
+            # Queued above like any update; wake the loop so that its next batch commits
+            # it to the log, then relays it, promptly.
+            self._wake()
 
     def _broadcast(self, exclude: Connection | None, message: bytes) -> None:
         self._outgoing.append(_Out(message, exclude=exclude))

@@ -46,6 +46,9 @@ class _Entry:
         self.users = 0
         self.activity = anyio.Event()
         self.stop = anyio.Event()
+        #: Set once the room decided to close (it is taking its final checkpoint).
+        self.closing = False
+        self.closed = anyio.Event()
 
 
 class CollabServer(anyio.AsyncContextManagerMixin):
@@ -197,6 +200,36 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             entry.users -= 1
             entry.activity.set()
 
+    @asynccontextmanager
+    async def open_direct(
+        self, resource_id: ResourceId, session: Session, *, home: Site | None = None
+    ) -> AsyncGenerator[DocumentRoom]:
+        """Hold a notebook's room open without a connection, for code that edits its
+        document in process (a kernel writing outputs): while held, the room counts as in
+        use, as a connected client does, and closes ``cleanup_delay`` after the last holder
+        or client left.
+
+        Raises:
+            as :meth:`open`.
+        """
+        while True:
+            nb = await self.open(resource_id, session, home=home)
+            entry = self._rooms.get(resource_id)
+            if entry is None or entry.room is not nb:
+                continue  # closed meanwhile: open it anew
+            if not entry.closing:
+                break
+            # Handed out while it closes: its document would stop being served at once.
+            # Wait until it is gone, then open it anew.
+            await entry.closed.wait()
+        entry.users += 1
+        entry.activity.set()
+        try:
+            yield nb
+        finally:
+            entry.users -= 1
+            entry.activity.set()
+
     async def serve_peer(
         self,
         resource_id: ResourceId,
@@ -270,6 +303,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 task_status.started()
                 started = True
                 await self._until_idle(entry)
+                entry.closing = True
         except Exception:
             if not started:
                 raise
@@ -280,6 +314,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             if self._rooms.get(resource_id) is entry:
                 del self._rooms[resource_id]
             self.log.info("room closed room=%s", resource_id)
+            entry.closed.set()
 
     async def _until_idle(self, entry: _Entry) -> None:
         while not entry.stop.is_set():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Provider
@@ -334,3 +335,26 @@ async def test_restore_goes_through_the_live_room(tmp_path: Path, einstein: Sess
             assert a.nb.ycells[5] is not None and str(kept["source"]) == a.source(5)
             assert len(a.nb.ycells) == 28
         tg.cancel_scope.cancel()
+
+
+async def test_a_direct_hold_keeps_the_room_open_without_clients(
+    tmp_path: Path, einstein: Session
+) -> None:
+    """open_direct counts as a client (a kernel writing outputs): the room stays while held,
+    closes cleanup_delay after, and a hold asked for while it closes gets a new room."""
+    info = await put_notebook(einstein, "held.ipynb", data_notebook("notebook3.ipynb"))
+    async with node(tmp_path) as server:
+        async with server.open_direct(info.id, einstein) as nb:
+            entry = server._rooms[info.id]
+            # Twice the cleanup delay without a client: time passing is what is tested.
+            with anyio.move_on_after(2 * server.cleanup_delay):
+                await entry.closed.wait()
+            assert server.rooms[info.id] is nb and not entry.closing
+        with anyio.fail_after(10):
+            # The room decides to close cleanup_delay later; there is no event for that
+            # moment, and the closing lasts only a few loop turns: watch at every turn.
+            while not entry.closing:
+                await anyio.lowlevel.checkpoint()
+        async with server.open_direct(info.id, einstein) as again:
+            assert entry.closed.is_set() and again is not nb
+            assert server.rooms[info.id] is again

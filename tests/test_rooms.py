@@ -436,3 +436,47 @@ async def test_compaction_while_typing_keeps_every_update_in_the_log(tmp_path: P
             replay.apply_update(update)
         assert str(replay.get("source", type=Text)) == str(b.text)
         tg.cancel_scope.cancel()
+
+
+async def test_an_edit_made_outside_the_loop_is_committed_then_relayed(tmp_path: Path) -> None:
+    """Code that edits the live document directly (jupyter-server-nbmodel writing outputs)
+    takes the path of every update: the loop wakes without any message, the link gets it at
+    once, the clients once it is in the log, and the listeners (the checkpointer) hear of it."""
+    from mesh_collab.rooms import Peer
+
+    async with GatedLog(tmp_path / "u.sqlite") as log, Room("r", updatelog=log) as room, \
+            anyio.create_task_group() as tg:
+        link_end, link = memory_channel_pair("link")
+        tg.start_soon(partial(room.serve, link_end, Identity("node:b", site="site-b"),
+                              peer=Peer(site="site-b")))
+        # Like every peer, the other node first asks for what it lacks.
+        await link.send(protocol.sync_step1(Doc().get_state()))
+        log.gate.set()  # let the joins through
+        heard: list[object] = []
+        room.add_listener(lambda updates: heard.extend(origin for _, origin in updates))
+        async with peer(room, tg, EINSTEIN) as a:
+            await room.flush()
+            log.gate = anyio.Event()
+            log.waiting = anyio.Event()
+            with room.doc.transaction():  # no origin, not in the room loop
+                room.doc.get("source", type=Text).insert(0, "output")
+            with anyio.fail_after(5):
+                await log.waiting.wait()  # the loop woke and started the commit
+                while True:
+                    frame = protocol.parse(await link.recv())
+                    if frame.kind is protocol.Kind.UPDATE:
+                        break
+            assert str(a.text) == ""  # not committed: the client has not seen it
+            assert heard == []
+            log.gate.set()
+            await until(lambda: str(a.text) == "output", a.doc)
+            await room.flush()
+            assert heard == [None]
+        rows = await log._run(
+            lambda: log.db.execute("SELECT data FROM updates WHERE room = 'r'").fetchall()
+        )
+        replay = Doc()
+        for (row,) in rows:
+            replay.apply_update(row)
+        assert str(replay.get("source", type=Text)) == "output"
+        tg.cancel_scope.cancel()

@@ -59,6 +59,8 @@ from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
 from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
+from mesh_collab.jupyter.ydoc_compat import NAME as YDOC_EXTENSION
+from mesh_collab.jupyter.ydoc_compat import YDocCompat
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -444,6 +446,9 @@ class MeshCollabApp(ExtensionApp):
         self.state = None
         self._stop = None
         self._task = None
+        #: jupyter_server_ydoc's API for other extensions (server-side execution), on our
+        #: rooms: see ydoc_compat.py.
+        self.ydoc_compat = YDocCompat(self)
 
     def add_service(self, factory: ServiceFactory) -> None:
         """Run ``factory(state)`` as an async context manager for the node's lifetime.
@@ -473,6 +478,9 @@ class MeshCollabApp(ExtensionApp):
         explicitly (``ServerApp.contents_manager_class = ...``) wins.
         """
         super()._link_jupyter_server_extension(serverapp)
+        # Before any extension loads: jupyter-server-nbmodel looks it up while loading.
+        self.ydoc_compat.log = self.log
+        self.ydoc_compat.publish(serverapp.extension_manager)
         configured = serverapp.config.get("ServerApp", {})
         wanted = Config(
             {
@@ -514,6 +522,8 @@ class MeshCollabApp(ExtensionApp):
         self.state = MeshState(config=self, cs3=cs3, sessions=Sessions(), site=self.site)
         self.settings["mesh_collab"] = self.state
         assert self.serverapp is not None
+        if YDOC_EXTENSION not in self.serverapp.web_app.settings:
+            self.settings[YDOC_EXTENSION] = self.ydoc_compat  # where other extensions look
         contents = self.serverapp.contents_manager
         if isinstance(contents, CS3ContentsManager):
             contents.attach(self.state)
