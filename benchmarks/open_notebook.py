@@ -1,6 +1,6 @@
 """Benchmark: opening notebooks, mesh_collab next to the stock jupyter-collaboration server.
 
-For each notebook of /work/shared/data/notebooks plus a generated 5 MB / 1000-cell one:
+For each notebook of ../shared/data/notebooks plus a generated 5 MB / 1000-cell one:
 
 * **cold**: the room is not open. Time from the session request (``PUT
   /api/collaboration/session``) through the websocket handshake until the client's document

@@ -1,6 +1,6 @@
 """Benchmark: real editing traces typed through a server into a second client.
 
-The traces (``automerge-paper``, ``seph-blog1`` from /work/shared/data/traces) are first
+The traces (``automerge-paper``, ``seph-blog1`` from ../shared/data/traces) are first
 typed in-process into a pycrdt document, one transaction per trace transaction, in a new
 code cell of a notebook: the rate of that is the **limit** (pycrdt alone, nothing else).
 The updates it produced are then sent, as fast as the connection takes them, by a writer

@@ -26,8 +26,8 @@ from mesh_collab.documents import RoomSettings
 from mesh_collab.rooms import Identity
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
+from tests.data import NOTEBOOKS as DATA
 
-DATA = Path("/work/shared/data/notebooks")
 EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a")
 MARIE = Identity("marie", "Marie Curie", site="site-a")
 FAST = RoomSettings(

@@ -1,10 +1,9 @@
-"""Tests for mesh_collab.notebook against the real notebooks in /work/shared/data/notebooks."""
+"""Tests for mesh_collab.notebook against the real notebooks in tests/data/notebooks."""
 
 from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -22,8 +21,8 @@ from mesh_collab.notebook import (
     to_bytes,
     to_notebook,
 )
+from tests.data import NOTEBOOKS as DATA
 
-DATA = Path("/work/shared/data/notebooks")
 PATHS = sorted(DATA.glob("*.ipynb"))
 NAMES = [path.name for path in PATHS]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import anyio
 import pytest
@@ -11,9 +10,8 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Doc
 
 from mesh_collab import notebook, offload
+from tests.data import NOTEBOOKS as DATA
 from tests.processes import pool_workers
-
-DATA = Path("/work/shared/data/notebooks")
 
 
 def pid_of(_data: bytes) -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -14,10 +13,9 @@ from mesh_collab import notebook
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role
+from tests.data import NOTEBOOKS as DATA
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.nodepeer import node_peer
-
-DATA = Path("/work/shared/data/notebooks")
 
 
 def ws_base(node: Node) -> str:

@@ -21,8 +21,8 @@ from mesh_collab.cs3.models import Lock, Role, UserId
 from mesh_collab.jupyter.contents import checkpoint_id, http_error, version_key
 from mesh_collab.jupyter.fileids import path_for, resource_id_for
 from mesh_collab.pytest_plugin import in_own_task
+from tests.data import NOTEBOOKS
 
-NOTEBOOKS = Path("/work/shared/data/notebooks")
 Node = Any
 NodeFactory = Any
 

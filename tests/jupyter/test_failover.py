@@ -22,10 +22,10 @@ import pytest
 from mesh_collab import notebook
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.gateway import EmbeddedGateway
+from tests.data import NOTEBOOKS as DATA
 from tests.jupyter.conftest import TOKEN, jupyter_process
 from tests.nodepeer import node_peer
 
-DATA = Path("/work/shared/data/notebooks")
 pytestmark = pytest.mark.timeout(180)
 
 

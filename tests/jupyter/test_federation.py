@@ -16,11 +16,12 @@ from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import CS3Client, Session
 from mesh_collab.cs3.models import Role, UserId
 from mesh_collab.federation.protocol import PATH
+from tests.data import NOTEBOOKS as DATA
+from tests.data import TRACES
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.nodepeer import node_peer
 from tests.reliability.yclient import YClient
 
-DATA = Path("/work/shared/data/notebooks")
 SECRETS = {"site-a": "secret-of-site-a-" * 2, "site-b": "secret-of-site-b-" * 2}
 
 
@@ -339,7 +340,7 @@ async def test_friendsforever_trace_typed_through_two_sites(mesh: Mesh) -> None:
     from mesh_collab.protocol import decode_state_vector
     from tests.wschannel import synced_doc
 
-    trace = json.loads(gzip.open("/work/shared/data/traces/friendsforever.json.gz").read())
+    trace = json.loads(gzip.open(TRACES / "friendsforever.json.gz").read())
     txns = await anyio.to_thread.run_sync(replay_offline, trace)
     await session_of(mesh.b, "Shared with me/shared.ipynb")
     url_a, url_b = (

@@ -28,6 +28,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.data import NOTEBOOKS as DATA  # noqa: F401 - for the tests of this folder
 from tests.jupyter.conftest import (  # noqa: F401 - fixtures, re-exported
     TOKEN,
     cs3,
@@ -38,8 +39,6 @@ from tests.jupyter.conftest import (  # noqa: F401 - fixtures, re-exported
     node,
     node_factory,
 )
-
-DATA = Path("/work/shared/data/notebooks")
 
 
 def soak_seconds(default: float = 30.0) -> float:

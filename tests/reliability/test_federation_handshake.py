@@ -20,10 +20,10 @@ from mesh_collab import protocol
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.federation.protocol import PATH
+from tests.data import NOTEBOOKS as DATA
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.nodepeer import node_peer
 
-DATA = Path("/work/shared/data/notebooks")
 SECRET = "the-secret-of-site-b-is-long-enough"
 SECRET_A = "secret-of-site-a-long-enough"
 VALID = {("site-a", SECRET_A), ("site-b", SECRET)}
