@@ -40,7 +40,7 @@ NOTEBOOK = {
     "nbformat_minor": 5,
 }
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 
 
 async def login(page: Page, base: str, user: str, password: str) -> None:

@@ -158,6 +158,7 @@ async def share_from_file_browser(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.browser
 async def test_labextension_across_two_sites(
     gateway_factory: Any, cs3_client_factory: Any, tmp_path: Path, jupyter_env: Path
 ) -> None:
