@@ -91,3 +91,9 @@ def parse_room_id(room_id: str) -> tuple[DocumentKind, str] | None:
     doc_type, _, file_id = rest.partition(":")
     kind = BY_SESSION.get((doc_format, doc_type))
     return None if kind is None or not file_id else (kind, file_id)
+
+
+def kind_for_path(path: str) -> DocumentKind:
+    """The kind a file opens as in JupyterLab: ``.ipynb`` files as notebooks, others as text
+    (what the stock frontend's default widget factories do)."""
+    return NOTEBOOK if path.lower().endswith(".ipynb") else TEXT_FILE

@@ -51,6 +51,7 @@ from mesh_collab.jupyter.fileids import (
     resource_id_for,
 )
 from mesh_collab.jupyter.identity import mesh_state, session_for
+from mesh_collab.kinds import kind_for_path
 from mesh_collab.resources import ResourceId
 
 #: The most users a search returns (a short list to pick from, not a directory dump).
@@ -523,13 +524,16 @@ class RestoreHandler(MeshAPIHandler):
         key = self.required("key", data)
         rid = await _notebook(self, session, path)
         state = mesh_state(self)
+        kind = kind_for_path(path)
         try:
-            room = await state.server.open(rid, session)
+            room = await state.server.open(rid, session, kind=kind)
             stats = await room.restore_version(session, key)
         except errors.PermissionDenied as exc:
             raise web.HTTPError(403, f"viewers cannot restore versions of {path!r}") from exc
         except ValueError as exc:
-            raise web.HTTPError(415, f"version {key!r} of {path!r} is not a notebook") from exc
+            raise web.HTTPError(
+                415, f"version {key!r} of {path!r} cannot be restored as a {kind.name}: {exc}"
+            ) from exc
         except errors.StorageError as exc:
             raise http_error(exc, path) from exc
         self.log.info("op=restore rid=%s", rid)

@@ -9,6 +9,7 @@ from urllib.parse import quote, urlencode
 
 import anyio
 import httpx
+from pycrdt import Text
 
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role, ShareState
@@ -238,3 +239,22 @@ async def test_status_of_own_notebook(node: Node, einstein: Session) -> None:
     missing = await mesh(node, "GET", "status", path="nope.ipynb")
     assert missing.status_code == 404
     assert "'nope.ipynb'" in message(missing)
+
+
+async def test_a_text_file_version_is_restored_through_its_live_room(
+    node: Node, einstein: Session
+) -> None:
+    await einstein.files.write("/home/einstein/notes.md", b"# first draft\n")
+    info = await einstein.files.write("/home/einstein/notes.md", b"# second draft\n")
+    (version,) = (await mesh(node, "GET", "versions", path="notes.md")).json()["versions"]
+    session = await node.api("PUT", f"collaboration/session/{quote('notes.md')}",
+                             body={"format": "text", "type": "file"})
+    assert session.status_code == 201, session.text
+    room = node.state.server.rooms[info.id]
+    assert room.kind.name == "file"
+    restored = await mesh(node, "POST", "restore", {"path": "notes.md", "key": version["key"]})
+    assert restored.status_code == 200, restored.text
+    assert str(room.room.doc.get("source", type=Text)) == "# first draft\n"
+    with anyio.fail_after(20):
+        while await einstein.files.read(info.id) != b"# first draft\n":  # noqa: ASYNC110
+            await anyio.sleep(0.1)  # storage has no change events: poll it
