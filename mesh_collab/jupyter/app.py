@@ -59,6 +59,7 @@ from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
 from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
+from mesh_collab.jupyter.kernels import CS3KernelManager, KernelFiles, kernel_mount
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -76,6 +77,8 @@ class MeshState:
         cs3: the node's CS3 client; open from start until stop (await :meth:`wait_ready`).
         sessions: the CS3 sessions of the node's users (:class:`~.identity.Sessions`).
         server: the room server; None until a service attaches it.
+        kernel_files: where kernels find CS3 files (the FUSE mount), see
+            :mod:`~.kernels`.
         site: the site name.
         ready: set once the CS3 client is open, the single user logged in and every service
             entered.
@@ -88,6 +91,7 @@ class MeshState:
     sessions: Sessions
     site: str
     server: Any = None
+    kernel_files: KernelFiles | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
 
@@ -169,6 +173,7 @@ class MeshCollabApp(ExtensionApp):
     serverapp_config: dict[str, Any] = {
         "contents_manager_class": CS3ContentsManager,
         "identity_provider_class": CS3IdentityProvider,
+        "kernel_manager_class": CS3KernelManager,
     }
 
     # -- traits ---------------------------------------------------------------------------
@@ -315,6 +320,23 @@ class MeshCollabApp(ExtensionApp):
         that a reload or a short network loss does not rebuild it. 0 frees it at once.""",
     ).tag(config=True)
 
+    mount_kernels = Bool(
+        True,
+        help="""Mount the node's CS3 user's home with FUSE (a `mesh-collab mount` child
+        process) and start kernels in it, in the notebook's folder, so that
+        open("data.txt") beside a notebook reads CS3 (default True). Kernels also get
+        MESH_COLLAB_GATEWAY and MESH_COLLAB_CS3_TOKEN, for cs3:// URLs. Without FUSE
+        (no /dev/fuse, fusermount3 or pyfuse3, or the mount fails) the node logs one warning
+        and kernels start below ServerApp.root_dir, as in stock Jupyter. Multi-user nodes
+        mount their default user (cs3_username / cs3_token) only, for every kernel. False:
+        no mount, kernels start below ServerApp.root_dir (they still get the variables).""",
+    ).tag(config=True)
+
+    mount_root = Unicode(
+        help="""Local folder where the node mounts its user's CS3 home for kernels (created if
+        missing; must be empty). Default <data_dir>/mount.""",
+    ).tag(config=True)
+
     start_worker = Bool(
         True,
         help="""Start the worker process that parses and writes large notebooks (256 KB and
@@ -384,6 +406,10 @@ class MeshCollabApp(ExtensionApp):
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "mesh_collab" / self.site)
+
+    @default("mount_root")
+    def _default_mount_root(self) -> str:
+        return str(Path(self.data_dir) / "mount")
 
     @validate("site")
     def _validate_site(self, proposal: dict[str, Any]) -> str:
@@ -514,6 +540,7 @@ class MeshCollabApp(ExtensionApp):
         self.state = MeshState(config=self, cs3=cs3, sessions=Sessions(), site=self.site)
         self.settings["mesh_collab"] = self.state
         assert self.serverapp is not None
+        self._init_kernel_files(self.state)
         contents = self.serverapp.contents_manager
         if isinstance(contents, CS3ContentsManager):
             contents.attach(self.state)
@@ -543,6 +570,24 @@ class MeshCollabApp(ExtensionApp):
             self.auth_mode,
             self.data_dir,
         )
+
+    def _init_kernel_files(self, state: MeshState) -> None:
+        """Make kernels start in the CS3 mount (the ``kernel_mount`` service mounts it)."""
+        assert self.serverapp is not None
+        kernels = self.serverapp.kernel_manager
+        state.kernel_files = KernelFiles(
+            gateway=self.gateway,
+            mountpoint=Path(self.mount_root).absolute(),
+            fallback=str(getattr(kernels, "root_dir", "") or self.serverapp.root_dir),
+        )
+        if isinstance(kernels, CS3KernelManager):
+            kernels.attach(state.kernel_files)
+        else:
+            self.log.warning(
+                "mesh_collab: the kernel manager is %s: kernels do not start in the CS3 mount",
+                type(kernels).__name__,
+            )
+        self.add_service(kernel_mount)
 
     def initialize_handlers(self) -> None:
         """Serve the collaboration routes (``mesh_collab.jupyter.handlers``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,8 +20,9 @@ import fsspec
 import pytest
 
 from mesh_collab import errors
-from mesh_collab.cs3.client import Session
+from mesh_collab.cs3.client import CS3Client, Session
 from mesh_collab.cs3.filesystem import CS3FileSystem
+from mesh_collab.cs3.gateway import EmbeddedGateway
 from mesh_collab.pytest_plugin import Site
 
 T = TypeVar("T")
@@ -70,3 +71,24 @@ async def fsdir(site: Site, einstein: Session) -> AsyncIterator[str]:
         await einstein.files.delete(path)
     except errors.StorageError:
         pass  # a test may have deleted or locked it on purpose: the folder is disposable
+
+
+# The mount and kernel tests need one site only (the mount does not depend on the lock
+# profile beyond what the cs3:// tests check): site-a's gateway and einstein there.
+
+
+@pytest.fixture
+async def gateway_a(
+    gateway_factory: Callable[..., Awaitable[EmbeddedGateway]],
+) -> EmbeddedGateway:
+    """An embedded gateway for site-a (eos lock profile)."""
+    return await gateway_factory(site="site-a")
+
+
+@pytest.fixture
+async def einstein_a(
+    gateway_a: EmbeddedGateway, cs3_client_factory: Callable[..., Awaitable[CS3Client]]
+) -> Session:
+    """einstein's session on :func:`gateway_a`."""
+    cs3 = await cs3_client_factory(gateway_a.grpc_address)
+    return await cs3.login("einstein", "relativity")
