@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 log = logging.getLogger("mesh_collab.cli")
 
@@ -95,6 +96,9 @@ def _mount_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attr-timeout", type=float, default=1.0,
                         help="seconds the kernel may cache names and attributes "
                              "(default %(default)s)")
+    parser.add_argument("--stop-on-stdin-eof", action="store_true",
+                        help="also unmount when standard input closes (a parent process "
+                             "that dies closes it)")
     parser.add_argument("mountpoint", type=Path, help="folder to mount at (created if missing)")
 
 
@@ -128,15 +132,17 @@ async def _run_mount(args: argparse.Namespace) -> int:
                             "user": args.user}
                     sys.stdout.write(json.dumps(line) + "\n")
                     sys.stdout.flush()
-                    await _until_signal_or(fuse.unmounted, signals)
+                    await _until_signal_or(fuse.unmounted, signals,
+                                           stdin_eof=args.stop_on_stdin_eof)
         except errors.MeshCollabError as exc:
             log.error("cannot mount: %s", exc)
             return 1
     return 0
 
 
-async def _until_signal_or(event: anyio.Event, signals: Any) -> None:
-    """Return on SIGINT/SIGTERM or once ``event`` is set, whichever comes first."""
+async def _until_signal_or(event: anyio.Event, signals: Any, *, stdin_eof: bool) -> None:
+    """Return on SIGINT/SIGTERM, once ``event`` is set, or (``stdin_eof``) once standard input
+    closes, whichever comes first."""
     async with anyio.create_task_group() as tg:
 
         async def on_signal() -> None:
@@ -145,7 +151,15 @@ async def _until_signal_or(event: anyio.Event, signals: Any) -> None:
                 break
             tg.cancel_scope.cancel()
 
+        async def on_stdin_eof() -> None:
+            # Reads until EOF: the parent holding the pipe's other end exited.
+            await anyio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+            log.info("standard input closed, stopping")
+            tg.cancel_scope.cancel()
+
         tg.start_soon(on_signal)
+        if stdin_eof:
+            tg.start_soon(on_stdin_eof)
         await event.wait()
         tg.cancel_scope.cancel()
 

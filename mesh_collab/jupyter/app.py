@@ -5,8 +5,9 @@ which also disables ``jupyter_server_ydoc``: exactly one implementation serves
 ``/api/collaboration/*``, ours). It
 
 * replaces the server's contents manager (:class:`~.contents.CS3ContentsManager`: files live
-  in CS3) and identity provider (:class:`~.identity.CS3IdentityProvider`: users are CS3 users),
-  unless the configuration names other classes explicitly;
+  in CS3), identity provider (:class:`~.identity.CS3IdentityProvider`: users are CS3 users)
+  and kernel manager (:class:`~.kernels.CS3KernelManager`: kernels start in the node's FUSE
+  mount of CS3), unless the configuration names other classes explicitly;
 * puts a :class:`MeshState` into ``web_app.settings["mesh_collab"]``;
 * serves the collaboration routes of :func:`mesh_collab.jupyter.handlers.collaboration_handlers`;
 * owns the node's long-lived services in ONE task (STYLE §3.7 rule 9): the task enters
@@ -334,7 +335,8 @@ class MeshCollabApp(ExtensionApp):
 
     mount_root = Unicode(
         help="""Local folder where the node mounts its user's CS3 home for kernels (created if
-        missing; must be empty). Default <data_dir>/mount.""",
+        missing; a stale mount a crashed node left there is unmounted first). Default
+        <data_dir>/mount.""",
     ).tag(config=True)
 
     start_worker = Bool(

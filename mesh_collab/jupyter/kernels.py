@@ -229,7 +229,9 @@ async def kernel_mount(state: MeshState) -> AsyncIterator[KernelFiles | None]:
     command = [
         sys.executable, "-m", "mesh_collab", "mount", "--gateway", config.gateway,
         "--user", session.user.username, kind, _SECRET_ENV, "--root", files.root,
-        str(files.mountpoint),
+        # Its stdin is a pipe from the node: if the node dies (even kill -9), the pipe
+        # closes and the mount goes with it.
+        "--stop-on-stdin-eof", str(files.mountpoint),
     ]
     async with anyio.create_task_group() as tg:
         tg.start_soon(_run_mount, state, files, command, {**os.environ, _SECRET_ENV: secret})
@@ -249,7 +251,7 @@ async def _run_mount(
     log_file = await anyio.to_thread.run_sync(log_path.open, "ab")
     try:
         process = await anyio.open_process(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=log_file,
         )
     except OSError as exc:

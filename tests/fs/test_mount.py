@@ -43,7 +43,7 @@ async def mount_process(
     ]
     env = {**os.environ, "TEST_CS3_PASSWORD": "relativity"}
     async with await anyio.open_process(
-        command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
     ) as process:
         try:
             assert process.stdout is not None
@@ -157,6 +157,20 @@ async def test_a_locked_file_fails_the_close(
         log = (await process.stderr.receive()).decode()
     assert "locked by office" in log
     assert "relativity" not in log
+
+
+async def test_unmounts_when_its_parent_goes(
+    gateway_a: EmbeddedGateway, tmp_path: Path
+) -> None:
+    """The node's mount child ends with the node, even a killed one: its stdin closes."""
+    mnt = tmp_path / "mnt"
+    async with mount_process(gateway_a, mnt, "--stop-on-stdin-eof") as process:
+        assert await in_thread(os.path.ismount, mnt)
+        assert process.stdin is not None
+        await process.stdin.aclose()
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
+    assert not await in_thread(os.path.ismount, mnt)
 
 
 async def test_refuses_a_bad_start(gateway_a: EmbeddedGateway, tmp_path: Path) -> None:
