@@ -35,6 +35,7 @@ import asyncio
 import os
 import pickle
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -86,6 +87,7 @@ class _ClientHost:
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._opening: asyncio.Lock | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     async def session(self) -> Session:
         """The open session, opening the client on first use.
@@ -128,15 +130,40 @@ class _ClientHost:
             await task
             raise
         self._task, self._stop = task, stop
+        self._finalizer = weakref.finalize(self, _close_at_exit, loop, stop, task)
         return session
 
     async def close(self) -> None:
         """Close the client (the next call opens a new one)."""
         task, stop = self._task, self._stop
         self._session = self._task = self._stop = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if task is not None and stop is not None:
             stop.set()
             await task
+
+
+def _close_at_exit(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, task: asyncio.Task[None]
+) -> None:
+    """Close a client left open when the interpreter exits (or its host is collected).
+
+    fsspec's IO thread is a daemon: without this, its loop dies with the client's task
+    half-way, and Python prints "Task was destroyed but it is pending".
+    """
+    if loop.is_closed() or not loop.is_running() or task.done():
+        return
+
+    async def finish() -> None:
+        stop.set()
+        await task
+
+    try:
+        asyncio.run_coroutine_threadsafe(finish(), loop).result(timeout=5)
+    except (RuntimeError, TimeoutError):
+        pass  # the loop stopped meanwhile: nothing left to close on it
 
 
 class CS3FileSystem(AsyncFileSystem):  # type: ignore[misc]
