@@ -16,8 +16,8 @@ What each operation does in CS3:
 
 * ``lookup``/``getattr``: Stat. Attributes are cached by the kernel for ``attr_timeout``
   seconds (default 1), so a change made through CS3 shows within that time.
-* ``read``: a ranged download (HTTP ``Range``) of exactly what the kernel asks for, unless
-  the file is open for writing, when the handle's buffer answers.
+* ``read``: ranged downloads (HTTP ``Range``) of 4 MiB blocks, the last one kept by the
+  handle, unless the file is open for writing, when the handle's buffer answers.
 * ``create``/``write``/``truncate``: into a buffer of the open handle (the whole file,
   fetched on the first write unless opened with ``O_TRUNC``).
 * ``flush`` (every ``close()``) and ``release``: one upload of a changed buffer, which CS3
