@@ -20,19 +20,28 @@ setup() {
         "$PYTHON" -m venv "$VENV"
         "$VENV/bin/pip" install --quiet --upgrade pip
     fi
+    # Debian packages, before pip: browser tests drive Debian's Chromium (test tools may not
+    # download browsers); the FUSE mount needs fuse3 (fusermount3), and pyfuse3 builds
+    # against libfuse3-dev with pkg-config, gcc and Python's headers.
+    local debs=()
+    command -v chromium >/dev/null 2>&1 || debs+=(chromium)
+    command -v fusermount3 >/dev/null 2>&1 || debs+=(fuse3)
+    pkg-config --exists fuse3 2>/dev/null || debs+=(libfuse3-dev pkg-config)
+    command -v gcc >/dev/null 2>&1 || debs+=(gcc)
+    local include
+    include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    [ -f "$include/Python.h" ] || debs+=(python3-dev)
+    if [ ${#debs[@]} -gt 0 ]; then
+        local sudo=()
+        [ "$(id -u)" = 0 ] || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}"
+    fi
     local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         "$VENV/bin/pip" install --quiet -e ".[test]"
         rm -f "$VENV"/.installed-*
         touch "$stamp"
-    fi
-    # Browser tests drive Debian's Chromium (test tools may not download browsers).
-    if ! command -v chromium >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-        else
-            sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-        fi
     fi
     # The tests' real Yjs peer (npm yjs + y-websocket), from the committed lockfile.
     if [ ! -f tests/node/node_modules/.package-lock.json ] \

@@ -9,6 +9,16 @@ Subcommands live in :data:`SUBCOMMANDS` (name → (configure parser, run)); toda
          "domain": "127.0.0.1:40124"}
 
     and stops cleanly on SIGINT or SIGTERM (exit code 0). Logs go to stderr.
+
+``mesh-collab mount --gateway ADDR --user NAME (--password-env VAR | --token-env VAR) DIR``
+    Mount the user's CS3 home (or ``--root``) at ``DIR`` with FUSE (:mod:`mesh_collab.mount`).
+    The secret is read from the named environment variable, never from the command line.
+    Prints one JSON line once mounted::
+
+        {"mountpoint": "/mnt/cs3", "root": "/home/einstein", "user": "einstein"}
+
+    and unmounts cleanly on SIGINT or SIGTERM (exit code 0). Exit code 1 when the mount
+    cannot be set up (no FUSE, mount point in use, login refused).
 """
 
 from __future__ import annotations
@@ -16,13 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.to_thread
 
 log = logging.getLogger("mesh_collab.cli")
 
@@ -67,6 +80,90 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mount_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway", default=os.environ.get("MESH_COLLAB_GATEWAY")
+                        or "127.0.0.1:19000",
+                        help="gRPC address of the CS3 gateway (default $MESH_COLLAB_GATEWAY, "
+                             "else %(default)s)")
+    parser.add_argument("--user", required=True, help="CS3 user name")
+    secret = parser.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password-env", metavar="VAR",
+                        help="environment variable holding the user's password")
+    secret.add_argument("--token-env", metavar="VAR",
+                        help="environment variable holding a CS3 access token of the user")
+    parser.add_argument("--root", default=None,
+                        help="CS3 folder to mount (default /home/<user>)")
+    parser.add_argument("--attr-timeout", type=float, default=1.0,
+                        help="seconds the kernel may cache names and attributes "
+                             "(default %(default)s)")
+    parser.add_argument("--stop-on-stdin-eof", action="store_true",
+                        help="also unmount when standard input closes (a parent process "
+                             "that dies closes it)")
+    parser.add_argument("mountpoint", type=Path, help="folder to mount at (created if missing)")
+
+
+async def _run_mount(args: argparse.Namespace) -> int:
+    from mesh_collab import errors
+    from mesh_collab.cs3.client import CS3Client
+
+    try:
+        from mesh_collab import mount
+    except ImportError as exc:
+        log.error("the FUSE mount needs pyfuse3 (pip install 'mesh_collab[mount]'): %s", exc)
+        return 1
+    var = args.password_env or args.token_env
+    secret = os.environ.get(var, "")
+    if not secret:
+        log.error("environment variable %s is empty or not set", var)
+        return 1
+    root = args.root or f"/home/{args.user}"
+    # Receive signals before announcing readiness: a supervisor may signal at once.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with CS3Client(args.gateway) as cs3:
+                if args.password_env:
+                    session = await cs3.login(args.user, secret)
+                else:
+                    session = cs3.session(secret)
+                    await session.whoami()
+                async with mount.FuseMount(session, root=root, mountpoint=args.mountpoint,
+                                           attr_timeout=args.attr_timeout, log=log) as fuse:
+                    line = {"mountpoint": str(args.mountpoint.absolute()), "root": root,
+                            "user": args.user}
+                    sys.stdout.write(json.dumps(line) + "\n")
+                    sys.stdout.flush()
+                    await _until_signal_or(fuse.unmounted, signals,
+                                           stdin_eof=args.stop_on_stdin_eof)
+        except errors.MeshCollabError as exc:
+            log.error("cannot mount: %s", exc)
+            return 1
+    return 0
+
+
+async def _until_signal_or(event: anyio.Event, signals: Any, *, stdin_eof: bool) -> None:
+    """Return on SIGINT/SIGTERM, once ``event`` is set, or (``stdin_eof``) once standard input
+    closes, whichever comes first."""
+    async with anyio.create_task_group() as tg:
+
+        async def on_signal() -> None:
+            async for signum in signals:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                break
+            tg.cancel_scope.cancel()
+
+        async def on_stdin_eof() -> None:
+            # Reads until EOF: the parent holding the pipe's other end exited.
+            await anyio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+            log.info("standard input closed, stopping")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(on_signal)
+        if stdin_eof:
+            tg.start_soon(on_stdin_eof)
+        await event.wait()
+        tg.cancel_scope.cancel()
+
+
 def _demo():  # type: ignore[no-untyped-def]
     # Imported on use: the demo pulls in Jupyter, which the gateway alone does not need.
     from mesh_collab import demo
@@ -86,6 +183,7 @@ class Subcommand:
 #: Every subcommand by name; ``serve`` and ``demo`` are added here.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "gateway": Subcommand("run the embedded CS3 gateway", _gateway_args, _run_gateway),
+    "mount": Subcommand("mount a user's CS3 folder with FUSE", _mount_args, _run_mount),
     "demo": Subcommand(
         "run two sites (gateway + JupyterLab each) sharing a notebook",
         lambda parser: _demo().configure(parser),

@@ -21,9 +21,12 @@ Every error that mesh_collab raises on purpose is a :class:`MeshCollabError`::
     │   └── ProtocolVersionMismatch
     ├── ProtocolError                 a client or peer sent an undecodable message
     ├── LocalStoreError               the node's local update log failed (disk full, I/O)
+    ├── MountError                    the FUSE mount of a CS3 folder could not be set up
     └── RoomClosed                    the room is shutting down
 
-Only :mod:`mesh_collab.cs3.statuses` turns CS3 statuses and HTTP answers into these.
+Only :mod:`mesh_collab.cs3.statuses` turns CS3 statuses and HTTP answers into these. The file
+interfaces (``cs3://``, the FUSE mount) present storage errors as ``OSError`` through
+:mod:`mesh_collab.cs3.oserrors`.
 Programming errors (misuse of an API) are ``RuntimeError``, ``TypeError`` or ``ValueError``.
 """
 
@@ -163,6 +166,11 @@ class ProtocolError(MeshCollabError):
 
 class LocalStoreError(MeshCollabError):
     """Raised when the node's local update log cannot store or read updates."""
+
+
+class MountError(MeshCollabError):
+    """Raised when the FUSE mount cannot be set up: no FUSE (``/dev/fuse``, ``fusermount3``,
+    pyfuse3), a mount point in use, or a CS3 folder that cannot be mounted."""
 
 
 class RoomClosed(MeshCollabError):

@@ -208,8 +208,13 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         content: bytes | None = None,
         ref: str = "",
         lock_id: str = "",
+        accept: tuple[int, ...] = (),
     ) -> httpx.Response:
         """Do one HTTP transfer against the data gateway.
+
+        Args:
+            accept: HTTP statuses besides success that the caller handles itself (e.g. 416
+                for a range past the end of a file).
 
         Raises:
             StorageError: the mapped subclass for a failed answer or a transport failure.
@@ -226,7 +231,8 @@ class CS3Client(anyio.AsyncContextManagerMixin):
             ) from exc
         except httpx.TransportError as exc:
             raise errors.StorageUnavailable(str(exc), op=method, ref=ref) from exc
-        statuses.raise_for_http(response.status_code, op=method, ref=ref, lock_id=lock_id)
+        if response.status_code not in accept:
+            statuses.raise_for_http(response.status_code, op=method, ref=ref, lock_id=lock_id)
         return response
 
     async def authenticate(self, auth_type: str, client_id: str, secret: str) -> tuple[str, User]:

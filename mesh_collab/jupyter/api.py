@@ -191,6 +191,10 @@ class StatusHandler(MeshAPIHandler):
 
     A collaborator's role reaches the others in awareness, but a browser's own awareness
     state is not stamped back to it: this is how the frontend knows it is a viewer.
+
+    ``kernels`` tells where the node's kernels find CS3 files: ``{"mounted", "cwd", "root",
+    "reason"}`` (``mounted`` false with the reason when FUSE is unavailable, see
+    :mod:`~.kernels`).
     """
 
     @web.authenticated
@@ -231,6 +235,7 @@ class StatusHandler(MeshAPIHandler):
                 "home": home,
                 "owner": owner,
                 "remote": isinstance(loc, OCMLocation),
+                "kernels": state.kernel_files.status() if state.kernel_files else None,
             }
         )
 

@@ -5,8 +5,9 @@ which also disables ``jupyter_server_ydoc``: exactly one implementation serves
 ``/api/collaboration/*``, ours). It
 
 * replaces the server's contents manager (:class:`~.contents.CS3ContentsManager`: files live
-  in CS3) and identity provider (:class:`~.identity.CS3IdentityProvider`: users are CS3 users),
-  unless the configuration names other classes explicitly;
+  in CS3), identity provider (:class:`~.identity.CS3IdentityProvider`: users are CS3 users)
+  and kernel manager (:class:`~.kernels.CS3KernelManager`: kernels start in the node's FUSE
+  mount of CS3), unless the configuration names other classes explicitly;
 * puts a :class:`MeshState` into ``web_app.settings["mesh_collab"]``;
 * serves the collaboration routes of :func:`mesh_collab.jupyter.handlers.collaboration_handlers`;
 * owns the node's long-lived services in ONE task (STYLE §3.7 rule 9): the task enters
@@ -59,6 +60,7 @@ from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
 from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
+from mesh_collab.jupyter.kernels import CS3KernelManager, KernelFiles, kernel_mount
 from mesh_collab.jupyter.ydoc_compat import NAME as YDOC_EXTENSION
 from mesh_collab.jupyter.ydoc_compat import YDocCompat
 
@@ -78,6 +80,8 @@ class MeshState:
         cs3: the node's CS3 client; open from start until stop (await :meth:`wait_ready`).
         sessions: the CS3 sessions of the node's users (:class:`~.identity.Sessions`).
         server: the room server; None until a service attaches it.
+        kernel_files: where kernels find CS3 files (the FUSE mount), see
+            :mod:`~.kernels`.
         site: the site name.
         ready: set once the CS3 client is open, the single user logged in and every service
             entered.
@@ -90,6 +94,7 @@ class MeshState:
     sessions: Sessions
     site: str
     server: Any = None
+    kernel_files: KernelFiles | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
 
@@ -171,6 +176,7 @@ class MeshCollabApp(ExtensionApp):
     serverapp_config: dict[str, Any] = {
         "contents_manager_class": CS3ContentsManager,
         "identity_provider_class": CS3IdentityProvider,
+        "kernel_manager_class": CS3KernelManager,
     }
 
     # -- traits ---------------------------------------------------------------------------
@@ -317,6 +323,24 @@ class MeshCollabApp(ExtensionApp):
         that a reload or a short network loss does not rebuild it. 0 frees it at once.""",
     ).tag(config=True)
 
+    mount_kernels = Bool(
+        True,
+        help="""Mount the node's CS3 user's home with FUSE (a `mesh-collab mount` child
+        process) and start kernels in it, in the notebook's folder, so that
+        open("data.txt") beside a notebook reads CS3 (default True). Kernels also get
+        MESH_COLLAB_GATEWAY and MESH_COLLAB_CS3_TOKEN, for cs3:// URLs. Without FUSE
+        (no /dev/fuse, fusermount3 or pyfuse3, or the mount fails) the node logs one warning
+        and kernels start below ServerApp.root_dir, as in stock Jupyter. Multi-user nodes
+        mount their default user (cs3_username / cs3_token) only, for every kernel. False:
+        no mount, kernels start below ServerApp.root_dir (they still get the variables).""",
+    ).tag(config=True)
+
+    mount_root = Unicode(
+        help="""Local folder where the node mounts its user's CS3 home for kernels (created if
+        missing; a stale mount a crashed node left there is unmounted first). Default
+        <data_dir>/mount.""",
+    ).tag(config=True)
+
     start_worker = Bool(
         True,
         help="""Start the worker process that parses and writes large notebooks (256 KB and
@@ -386,6 +410,10 @@ class MeshCollabApp(ExtensionApp):
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "mesh_collab" / self.site)
+
+    @default("mount_root")
+    def _default_mount_root(self) -> str:
+        return str(Path(self.data_dir) / "mount")
 
     @validate("site")
     def _validate_site(self, proposal: dict[str, Any]) -> str:
@@ -524,6 +552,7 @@ class MeshCollabApp(ExtensionApp):
         assert self.serverapp is not None
         if YDOC_EXTENSION not in self.serverapp.web_app.settings:
             self.settings[YDOC_EXTENSION] = self.ydoc_compat  # where other extensions look
+        self._init_kernel_files(self.state)
         contents = self.serverapp.contents_manager
         if isinstance(contents, CS3ContentsManager):
             contents.attach(self.state)
@@ -553,6 +582,24 @@ class MeshCollabApp(ExtensionApp):
             self.auth_mode,
             self.data_dir,
         )
+
+    def _init_kernel_files(self, state: MeshState) -> None:
+        """Make kernels start in the CS3 mount (the ``kernel_mount`` service mounts it)."""
+        assert self.serverapp is not None
+        kernels = self.serverapp.kernel_manager
+        state.kernel_files = KernelFiles(
+            gateway=self.gateway,
+            mountpoint=Path(self.mount_root).absolute(),
+            fallback=str(getattr(kernels, "root_dir", "") or self.serverapp.root_dir),
+        )
+        if isinstance(kernels, CS3KernelManager):
+            kernels.attach(state.kernel_files)
+        else:
+            self.log.warning(
+                "mesh_collab: the kernel manager is %s: kernels do not start in the CS3 mount",
+                type(kernels).__name__,
+            )
+        self.add_service(kernel_mount)
 
     def initialize_handlers(self) -> None:
         """Serve the collaboration routes (``mesh_collab.jupyter.handlers``)."""

@@ -590,6 +590,14 @@ class CS3ContentsManager(AsyncContentsManager):
         except errors.StorageError as exc:
             raise http_error(exc, path) from exc
 
+    async def get_kernel_path(self, path: str, model: Any = None) -> str:
+        """The folder a notebook's kernel starts in: the notebook's own (as with local
+        files), which the node's kernel manager finds in its CS3 mount (``kernels.py``)."""
+        path = path.strip("/")
+        if not path or await self.dir_exists(path):
+            return path
+        return path.rsplit("/", 1)[0] if "/" in path else ""
+
     # -- delete and rename ----------------------------------------------------------------------
 
     async def delete_file(self, path: str) -> None:

@@ -167,6 +167,8 @@ async def node_factory(tmp_path: Path, jupyter_env: Path) -> AsyncIterator[NodeF
         # A worker process per node would cost each test ~1 s of CPU; the tests of large
         # notebooks start theirs on first use, test_app.py checks the default.
         mesh.setdefault("start_worker", False)
+        # Likewise the FUSE mount for kernels (a child process per node): tests/fs checks it.
+        mesh.setdefault("mount_kernels", False)
         if mesh.get("auth_mode", "single-user") == "single-user":
             mesh.setdefault("cs3_username", "einstein")
             mesh.setdefault("cs3_password", "relativity")
