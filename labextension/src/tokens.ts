@@ -5,7 +5,11 @@
 
 /** The node's own awareness state (`mesh`), see mesh_collab/documents.py `_publish`. */
 export interface IMeshRoomState {
-  /** held, other (another application), lost, none, linked (another node of the site is primary), remote (another site is home). */
+  /**
+   * held, other (another application), lost, none, linked (another node of the site is
+   * primary), remote (another site is home), unreachable (storage does not answer: edits
+   * are accepted and held, nothing is written).
+   */
   lock: string;
   /** Who holds the lock when it is not us: an application name or a node. */
   holder: string;
