@@ -46,8 +46,8 @@ export interface IAwarenessState {
   [key: string]: unknown;
 }
 
-/** `GET /api/mesh/status?path=`: the current user's role on a notebook. */
-export interface INotebookAccess {
+/** `GET /api/mesh/status?path=`: the current user's role on a notebook or text file. */
+export interface IDocumentAccess {
   path: string;
   role: 'editor' | 'viewer';
   writable: boolean;
@@ -93,7 +93,7 @@ export interface IMeshSite {
   local: boolean;
 }
 
-/** A CS3 version of a notebook (`GET /api/mesh/versions`). */
+/** A CS3 version of a notebook or text file (`GET /api/mesh/versions`). */
 export interface IVersion {
   key: string;
   mtime: number;
