@@ -34,6 +34,11 @@ function describeDate(seconds: number): string {
   return `${day} ${formatTime(seconds)}`;
 }
 
+/** A version's size: bytes below 1 KB (text files are often that small), else KB. */
+function describeSize(bytes: number): string {
+  return bytes < 1024 ? `${bytes} B` : `${(bytes / 1024).toFixed(1)} KB`;
+}
+
 /** What a restore changed, for the notification (a text file is one piece of text). */
 function describeRestore(kind: DocumentKind, when: string, stats: IRestored): string {
   if (kind === 'file') {
@@ -116,7 +121,7 @@ export class HistoryPanel extends Widget {
         { class: 'jp-mesh-version', 'data-key': version.key },
         null,
         [h('span', { class: 'jp-mesh-version-time' }, describeDate(version.mtime))],
-        [h('span', { class: 'jp-mesh-version-size' }, `${(version.size / 1024).toFixed(1)} KB`)],
+        [h('span', { class: 'jp-mesh-version-size' }, describeSize(version.size))],
         [
           answer.writable &&
             actionButton('Restore', 'jp-mesh-restore', () => this._restore(answer.path, version))
