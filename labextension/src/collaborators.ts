@@ -1,18 +1,18 @@
-/** The Collaborators side panel and the status bar item of the current notebook. */
+/** The Collaborators side panel and the status bar item of the current document. */
 import { Widget } from '@lumino/widgets';
 
 import { h, listRow } from './dom';
 import { formatTime } from './state';
-import { IWatchedNotebook, NotebookWatcher } from './watcher';
+import { DocumentWatcher, IWatchedDocument } from './watcher';
 
-/** Everyone in the current notebook: name, site and role. */
+/** Everyone in the current notebook or text file: name, site and role. */
 export class CollaboratorsPanel extends Widget {
-  constructor(watcher: NotebookWatcher) {
+  constructor(watcher: DocumentWatcher) {
     super();
     this.id = 'jp-mesh-collaborators';
     this.addClass('jp-mesh-panel');
     this.addClass('jp-mesh-CollaboratorsPanel');
-    this.title.caption = 'Collaborators of the current notebook';
+    this.title.caption = 'Collaborators of the current document';
     this.node.append(
       h('h2', { class: 'jp-mesh-panel-title' }, 'Collaborators'),
       this._heading,
@@ -24,11 +24,12 @@ export class CollaboratorsPanel extends Widget {
     this._render(watcher.current);
   }
 
-  private _render(state: IWatchedNotebook): void {
+  private _render(state: IWatchedDocument): void {
     this._list.replaceChildren();
-    if (!state.panel) {
-      this._heading.textContent = 'Open a notebook to see who is in it.';
+    if (!state.widget) {
+      this._heading.textContent = 'Open a notebook or a text file to see who is in it.';
       this._state.textContent = '';
+      this._error.hidden = true;
       return;
     }
     this._heading.textContent = state.path;
@@ -73,11 +74,13 @@ export class CollaboratorsPanel extends Widget {
 }
 
 /**
- * The status bar item: live / offline (changes held, will merge) / read-only (viewer) /
- * locked by another application, with the time of the last checkpoint.
+ * The status bar item of the current tab: live / offline (changes held, will merge) /
+ * read-only (viewer) / locked by another application / lock lost / storage unreachable,
+ * with the time of the last checkpoint; empty for a tab that is not a notebook or a file
+ * editor.
  */
 export class StatusItem extends Widget {
-  constructor(watcher: NotebookWatcher, onClick: () => void) {
+  constructor(watcher: DocumentWatcher, onClick: () => void) {
     super();
     this.addClass('jp-mesh-status');
     this.node.append(this._dot, this._label);
@@ -86,14 +89,19 @@ export class StatusItem extends Widget {
     this._render(watcher.current);
   }
 
-  private _render(state: IWatchedNotebook): void {
+  private _render(state: IWatchedDocument): void {
     const s = state.status;
-    this.node.dataset.kind = state.panel ? s.kind : 'none';
+    if (!state.widget) {
+      this.node.dataset.kind = 'none';
+      this.node.dataset.checkpoint = '';
+      this._label.textContent = '';
+      this.node.title = '';
+      return;
+    }
+    this.node.dataset.kind = s.kind;
     this.node.dataset.checkpoint = s.checkpoint ? String(s.checkpoint) : '';
-    this._label.textContent = state.panel ? s.label : '';
-    this.node.title = state.panel
-      ? s.detail + (s.checkpoint ? ` (${formatTime(s.checkpoint)})` : '')
-      : '';
+    this._label.textContent = s.label;
+    this.node.title = s.detail + (s.checkpoint ? ` (${formatTime(s.checkpoint)})` : '');
     if (state.error) {
       this.node.title += `\n${state.error}`;
     }

@@ -1,6 +1,6 @@
 /**
- * The History side panel: the current notebook's CS3 versions (its checkpoints), and
- * restoring one through the live room, so that collaborators see it happen.
+ * The History side panel: the CS3 versions (checkpoints) of the current notebook or text
+ * file, and restoring one through the live room, so that collaborators see it happen.
  */
 import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
@@ -9,7 +9,7 @@ import { postAPI, requestAPI } from './api';
 import { actionButton, ErrorArea, h, listRow } from './dom';
 import { formatTime } from './state';
 import type { IVersion } from './tokens';
-import { IWatchedNotebook, NotebookWatcher } from './watcher';
+import { DocumentKind, DocumentWatcher, IWatchedDocument } from './watcher';
 
 interface IVersions {
   path: string;
@@ -34,13 +34,28 @@ function describeDate(seconds: number): string {
   return `${day} ${formatTime(seconds)}`;
 }
 
+/** A version's size: bytes below 1 KB (text files are often that small), else KB. */
+function describeSize(bytes: number): string {
+  return bytes < 1024 ? `${bytes} B` : `${(bytes / 1024).toFixed(1)} KB`;
+}
+
+/** What a restore changed, for the notification (a text file is one piece of text). */
+function describeRestore(kind: DocumentKind, when: string, stats: IRestored): string {
+  if (kind === 'file') {
+    return stats.edited + stats.inserted + stats.deleted
+      ? `Restored the version of ${when}.`
+      : `The version of ${when} is the current content: nothing changed.`;
+  }
+  return `Restored the version of ${when}: ${stats.edited} cell(s) changed, ${stats.inserted} added, ${stats.deleted} removed.`;
+}
+
 export class HistoryPanel extends Widget {
-  constructor(watcher: NotebookWatcher) {
+  constructor(watcher: DocumentWatcher) {
     super();
     this.id = 'jp-mesh-history';
     this.addClass('jp-mesh-panel');
     this.addClass('jp-mesh-HistoryPanel');
-    this.title.caption = 'History of the current notebook (CS3 versions)';
+    this.title.caption = 'History of the current document (CS3 versions)';
     const refresh = actionButton('Refresh', 'jp-mesh-refresh', () => this.refresh());
     this.node.append(
       h('h2', { class: 'jp-mesh-panel-title' }, 'History', refresh),
@@ -48,7 +63,7 @@ export class HistoryPanel extends Widget {
       h(
         'p',
         { class: 'jp-mesh-hint' },
-        'Every checkpoint is a version. Restoring one replaces the live notebook for everyone in it; the replaced content stays in the history.'
+        'Every checkpoint is a version. Restoring one replaces the live document for everyone in it; the replaced content stays in the history.'
       ),
       this._errors.node,
       this._list
@@ -57,13 +72,13 @@ export class HistoryPanel extends Widget {
     watcher.changed.connect(this._onChanged, this);
   }
 
-  /** Load the versions of the current notebook again. */
+  /** Load the versions of the current document again. */
   async refresh(): Promise<void> {
     const path = this._path;
     this._errors.clear();
     if (!path) {
       this._list.replaceChildren();
-      this._heading.textContent = 'Open a notebook to see its history.';
+      this._heading.textContent = 'Open a notebook or a text file to see its history.';
       return;
     }
     this._heading.textContent = path;
@@ -82,10 +97,11 @@ export class HistoryPanel extends Widget {
     void this.refresh();
   }
 
-  private _onChanged(_: NotebookWatcher, state: IWatchedNotebook): void {
+  private _onChanged(_: DocumentWatcher, state: IWatchedDocument): void {
     const checkpoint = state.status.checkpoint;
     if (state.path !== this._path || checkpoint !== this._checkpoint) {
       this._path = state.path;
+      this._kind = state.kind ?? 'notebook';
       this._checkpoint = checkpoint;
       if (this.isVisible) {
         void this.refresh();
@@ -105,7 +121,7 @@ export class HistoryPanel extends Widget {
         { class: 'jp-mesh-version', 'data-key': version.key },
         null,
         [h('span', { class: 'jp-mesh-version-time' }, describeDate(version.mtime))],
-        [h('span', { class: 'jp-mesh-version-size' }, `${(version.size / 1024).toFixed(1)} KB`)],
+        [h('span', { class: 'jp-mesh-version-size' }, describeSize(version.size))],
         [
           answer.writable &&
             actionButton('Restore', 'jp-mesh-restore', () => this._restore(answer.path, version))
@@ -116,11 +132,12 @@ export class HistoryPanel extends Widget {
   }
 
   private async _restore(path: string, version: IVersion): Promise<void> {
+    const kind = this._kind;
     const others = this._watcher.current.collaborators.filter(c => !c.me).length;
     const result = await showDialog({
       title: 'Restore this version?',
       body:
-        `The notebook becomes its version of ${describeDate(version.mtime)}` +
+        `The ${kind === 'file' ? 'file' : 'notebook'} becomes its version of ${describeDate(version.mtime)}` +
         (others ? `, for you and ${others} collaborator(s) now in it` : '') +
         '. The current content stays in the history.',
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Restore' })]
@@ -131,17 +148,17 @@ export class HistoryPanel extends Widget {
     this._errors.clear();
     try {
       const stats = await postAPI<IRestored>('restore', { path, key: version.key });
-      Notification.success(
-        `Restored the version of ${describeDate(version.mtime)}: ${stats.edited} cell(s) changed, ${stats.inserted} added, ${stats.deleted} removed.`,
-        { autoClose: 5000 }
-      );
+      Notification.success(describeRestore(kind, describeDate(version.mtime), stats), {
+        autoClose: 5000
+      });
     } catch (error) {
       this._errors.show(error);
     }
   }
 
-  private _watcher: NotebookWatcher;
+  private _watcher: DocumentWatcher;
   private _path = '';
+  private _kind: DocumentKind = 'notebook';
   private _checkpoint: number | null = null;
   private _heading = h('div', { class: 'jp-mesh-panel-subtitle' });
   private _errors = new ErrorArea();

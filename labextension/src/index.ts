@@ -1,6 +1,7 @@
 /**
  * mesh_collab's JupyterLab plugins: the collaborators panel and status item of the current
- * notebook, its history, and sharing (dialog, "Shared with me", "Shared by me").
+ * document (notebook or text file), its history, and sharing (dialog, "Shared with me",
+ * "Shared by me").
  */
 import {
   ILabShell,
@@ -9,6 +10,7 @@ import {
 } from '@jupyterlab/application';
 import { showErrorMessage } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import {
@@ -21,7 +23,7 @@ import {
 import { CollaboratorsPanel, StatusItem } from './collaborators';
 import { HistoryPanel } from './history';
 import { openShareDialog, SharedByMePanel, SharedWithMePanel } from './sharing';
-import { NotebookWatcher } from './watcher';
+import { DocumentWatcher } from './watcher';
 
 /** The folder in which accepted shares appear (mesh_collab/jupyter/fileids.py). */
 const SHARED_FOLDER = 'Shared with me';
@@ -32,19 +34,20 @@ namespace CommandIDs {
   export const collaborators = 'mesh:show-collaborators';
 }
 
-const notebookPlugin: JupyterFrontEndPlugin<void> = {
-  id: 'mesh-collab:notebook',
-  description: 'Collaborators, state and history of the current notebook.',
+const documentPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'mesh-collab:document',
+  description: 'Collaborators, state and history of the current notebook or text file.',
   autoStart: true,
-  requires: [INotebookTracker, ILabShell],
-  optional: [IStatusBar],
+  requires: [ILabShell],
+  optional: [INotebookTracker, IEditorTracker, IStatusBar],
   activate: (
     app: JupyterFrontEnd,
-    tracker: INotebookTracker,
     shell: ILabShell,
+    notebooks: INotebookTracker | null,
+    editors: IEditorTracker | null,
     statusBar: IStatusBar | null
   ) => {
-    const watcher = new NotebookWatcher({ tracker });
+    const watcher = new DocumentWatcher({ shell, notebooks, editors });
     const collaborators = new CollaboratorsPanel(watcher);
     collaborators.title.icon = usersIcon;
     shell.add(collaborators, 'right', { rank: 50 });
@@ -53,7 +56,7 @@ const notebookPlugin: JupyterFrontEndPlugin<void> = {
     shell.add(history, 'right', { rank: 60 });
 
     app.commands.addCommand(CommandIDs.history, {
-      label: 'Show Notebook History',
+      label: 'Show History',
       execute: () => shell.activateById(history.id)
     });
     app.commands.addCommand(CommandIDs.collaborators, {
@@ -115,4 +118,4 @@ const sharingPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [notebookPlugin, sharingPlugin];
+export default [documentPlugin, sharingPlugin];

@@ -16,9 +16,10 @@ export type StatusKind =
   | 'offline'
   | 'readonly'
   | 'locked'
-  | 'lost';
+  | 'lost'
+  | 'unreachable';
 
-/** The status of the current notebook, ready to render. */
+/** The status of the current document (notebook or text file), ready to render. */
 export interface IStatus {
   kind: StatusKind;
   /** Short text for the status bar. */
@@ -33,9 +34,9 @@ export interface IStatus {
 export interface IStatusInput {
   /** The node's `mesh` awareness state, or null when absent. */
   mesh: IMeshRoomState | null;
-  /** Whether the node's state was seen since the notebook opened (absent later: disconnected). */
+  /** Whether the node's state was seen since the document opened (absent later: disconnected). */
   seen: boolean;
-  /** The user's role on the notebook (from the REST API), or null while unknown. */
+  /** The user's role on the document (from the REST API), or null while unknown. */
   role: 'editor' | 'viewer' | null;
   /** Whether the browser has a network (`navigator.onLine`); true when not given. */
   online?: boolean;
@@ -53,9 +54,9 @@ function checkpointText(checkpoint: number | null): string {
 }
 
 /**
- * The status of a notebook, in order of what matters most to the user: not connected,
+ * The status of a document, in order of what matters most to the user: not connected,
  * offline (edits are held and will merge), read-only because a viewer, locked by another
- * application, lock lost, else live.
+ * application, lock lost, storage unreachable (edits are held, not saved), else live.
  */
 export function computeStatus(input: IStatusInput): IStatus {
   const { mesh, seen, role } = input;
@@ -101,7 +102,7 @@ export function computeStatus(input: IStatusInput): IStatus {
     return {
       kind: 'readonly',
       label: 'Read-only (viewer)',
-      detail: `You can view this notebook but not edit it. ${cp}.`,
+      detail: `You can view this file but not edit it. ${cp}.`,
       checkpoint
     };
   }
@@ -110,7 +111,7 @@ export function computeStatus(input: IStatusInput): IStatus {
     return {
       kind: 'locked',
       label: `Locked by ${holder}`,
-      detail: `${holder} holds the file's lock: the notebook is read-only until it is released. ${cp}.`,
+      detail: `${holder} holds the file's lock: it is read-only here until it is released. ${cp}.`,
       checkpoint
     };
   }
@@ -119,6 +120,15 @@ export function computeStatus(input: IStatusInput): IStatus {
       kind: 'lost',
       label: 'Lock lost · not saving',
       detail: `The file's lock was taken from this server: writing stopped until it is back. ${cp}.`,
+      checkpoint
+    };
+  }
+  if (mesh.lock === 'unreachable') {
+    // The node accepts edits but cannot write them: not "Live · saved".
+    return {
+      kind: 'unreachable',
+      label: 'Storage unreachable · changes held',
+      detail: `This site's server cannot reach the storage: edits are kept and saved when it answers again. ${cp}.`,
       checkpoint
     };
   }

@@ -5,7 +5,11 @@
 
 /** The node's own awareness state (`mesh`), see mesh_collab/documents.py `_publish`. */
 export interface IMeshRoomState {
-  /** held, other (another application), lost, none, linked (another node of the site is primary), remote (another site is home). */
+  /**
+   * held, other (another application), lost, none, linked (another node of the site is
+   * primary), remote (another site is home), unreachable (storage does not answer: edits
+   * are accepted and held, nothing is written).
+   */
   lock: string;
   /** Who holds the lock when it is not us: an application name or a node. */
   holder: string;
@@ -42,8 +46,8 @@ export interface IAwarenessState {
   [key: string]: unknown;
 }
 
-/** `GET /api/mesh/status?path=`: the current user's role on a notebook. */
-export interface INotebookAccess {
+/** `GET /api/mesh/status?path=`: the current user's role on a notebook or text file. */
+export interface IDocumentAccess {
   path: string;
   role: 'editor' | 'viewer';
   writable: boolean;
@@ -89,7 +93,7 @@ export interface IMeshSite {
   local: boolean;
 }
 
-/** A CS3 version of a notebook (`GET /api/mesh/versions`). */
+/** A CS3 version of a notebook or text file (`GET /api/mesh/versions`). */
 export interface IVersion {
   key: string;
   mtime: number;

@@ -1,10 +1,14 @@
 /**
- * NotebookWatcher: follows the current notebook's awareness and the user's role on it, and
- * turns them into the status and collaborators that the status item and panels render.
+ * DocumentWatcher: follows the document of the tab the user is looking at (a notebook, or a
+ * text file in the file editor), its awareness and the user's role on it, and turns them
+ * into the status and collaborators that the status item and panels render.
  */
-import { NotebookPanel, INotebookTracker } from '@jupyterlab/notebook';
+import { ILabShell } from '@jupyterlab/application';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
+import { Widget } from '@lumino/widgets';
 
 import { requestAPI } from './api';
 import {
@@ -14,7 +18,7 @@ import {
   IStatus,
   meshStateOf
 } from './state';
-import type { IAwarenessState, INotebookAccess } from './tokens';
+import type { IAwarenessState, IDocumentAccess } from './tokens';
 
 /** The part of a Yjs awareness that is read here. */
 interface IAwarenessLike {
@@ -24,40 +28,68 @@ interface IAwarenessLike {
   off(event: 'change', fn: () => void): void;
 }
 
+/** The part of a document widget's context that is read here (notebooks and files alike). */
+interface IContextLike {
+  readonly path: string;
+  readonly ready: Promise<void>;
+  readonly pathChanged: ISignal<unknown, string>;
+  readonly model: { readonly sharedModel: { readonly awareness?: unknown } };
+}
+
+/**
+ * The kind of the current document, as its room names it (mesh_collab/kinds.py):
+ * `notebook` (`json:notebook:<id>`) or `file` (`text:file:<id>`, the file editor).
+ */
+export type DocumentKind = 'notebook' | 'file';
+
+/** The document the current tab shows. */
+interface IFollowed {
+  widget: Widget;
+  kind: DocumentKind;
+  context: IContextLike;
+}
+
 /**
  * Milliseconds between re-evaluations of the status besides awareness events, so that a
  * change the events miss still shows within a second.
  */
 export const REFRESH_INTERVAL = 500;
 
-/** What the watcher reports for the current notebook (or none). */
-export interface IWatchedNotebook {
-  panel: NotebookPanel | null;
+/** What the watcher reports for the current tab. */
+export interface IWatchedDocument {
+  /** The current tab, or null when it is neither a notebook nor a file editor. */
+  widget: Widget | null;
+  kind: DocumentKind | null;
   path: string;
   status: IStatus;
   collaborators: ICollaborator[];
-  access: INotebookAccess | null;
+  access: IDocumentAccess | null;
   /** The last error of the role look-up, readable, or "". */
   error: string;
 }
 
-export class NotebookWatcher implements IDisposable {
-  constructor(options: NotebookWatcher.IOptions) {
-    this._tracker = options.tracker;
-    this._tracker.currentChanged.connect(this._onCurrent, this);
+export class DocumentWatcher implements IDisposable {
+  constructor(options: DocumentWatcher.IOptions) {
+    this._shell = options.shell;
+    this._notebooks = options.notebooks ?? null;
+    this._editors = options.editors ?? null;
+    this._shell.currentChanged.connect(this._onCurrent, this);
+    // A tab may become current before its tracker knows it.
+    this._notebooks?.widgetAdded.connect(this._onCurrent, this);
+    this._editors?.widgetAdded.connect(this._onCurrent, this);
     this._timer = window.setInterval(() => this._update(), REFRESH_INTERVAL);
     window.addEventListener('online', this._onAwareness);
     window.addEventListener('offline', this._onAwareness);
     this._onCurrent();
   }
 
-  /** Emitted when the status, the collaborators or the notebook changed. */
-  get changed(): ISignal<this, IWatchedNotebook> {
+  /** Emitted when the status, the collaborators or the current document changed. */
+  get changed(): ISignal<this, IWatchedDocument> {
     return this._changed;
   }
 
   /** The current state. */
-  get current(): IWatchedNotebook {
+  get current(): IWatchedDocument {
     return this._state;
   }
 
@@ -79,37 +111,53 @@ export class NotebookWatcher implements IDisposable {
 
   /** Look the user's role up again (after a share changed, for instance). */
   async refreshAccess(): Promise<void> {
-    const panel = this._panel;
-    if (!panel) {
+    const doc = this._doc;
+    if (!doc) {
       return;
     }
-    const path = panel.context.path;
     try {
-      this._access = await requestAPI<INotebookAccess>('status', {}, { path });
+      this._access = await requestAPI<IDocumentAccess>('status', {}, { path: doc.context.path });
       this._error = '';
     } catch (error) {
       this._access = null;
       this._error = (error as Error).message;
     }
-    if (this._panel === panel) {
+    if (this._doc === doc) {
       this._update(true);
     }
   }
 
+  /** The document a widget shows, if it is a notebook panel or a file editor. */
+  private _documentOf(widget: Widget | null): IFollowed | null {
+    if (!widget) {
+      return null;
+    }
+    if (this._notebooks?.has(widget)) {
+      return { widget, kind: 'notebook', context: (widget as NotebookTab).context };
+    }
+    if (this._editors?.has(widget)) {
+      return { widget, kind: 'file', context: (widget as EditorTab).context };
+    }
+    return null;
+  }
+
   private _onCurrent(): void {
+    const doc = this._documentOf(this._shell.currentWidget);
+    if (doc?.widget === this._doc?.widget) {
+      return;
+    }
     this._detach();
-    const panel = this._tracker.currentWidget;
-    this._panel = panel;
+    this._doc = doc;
     this._seen = false;
     this._access = null;
     this._error = '';
-    if (panel) {
-      void panel.context.ready.then(() => {
-        if (this._panel === panel) {
-          this._attach(panel);
+    if (doc) {
+      void doc.context.ready.then(() => {
+        if (this._doc === doc) {
+          this._attach(doc);
         }
       });
-      panel.context.pathChanged.connect(this._onPath, this);
+      doc.context.pathChanged.connect(this._onPath, this);
       void this.refreshAccess();
     }
     this._update(true);
@@ -119,9 +167,8 @@ export class NotebookWatcher implements IDisposable {
     void this.refreshAccess();
   }
 
-  private _attach(panel: NotebookPanel): void {
-    const awareness = (panel.context.model.sharedModel as any)
-      .awareness as IAwarenessLike | undefined;
+  private _attach(doc: IFollowed): void {
+    const awareness = doc.context.model.sharedModel.awareness as IAwarenessLike | undefined;
     if (!awareness) {
       return;
     }
@@ -135,8 +182,8 @@ export class NotebookWatcher implements IDisposable {
       this._awareness.off('change', this._onAwareness);
       this._awareness = null;
     }
-    if (this._panel) {
-      this._panel.context.pathChanged.disconnect(this._onPath, this);
+    if (this._doc) {
+      this._doc.context.pathChanged.disconnect(this._onPath, this);
     }
   }
 
@@ -145,7 +192,7 @@ export class NotebookWatcher implements IDisposable {
   };
 
   private _update(force = false): void {
-    const panel = this._panel;
+    const doc = this._doc;
     const states = this._awareness ? [...this._awareness.getStates().entries()] : [];
     const mesh = meshStateOf(states);
     if (mesh) {
@@ -161,9 +208,10 @@ export class NotebookWatcher implements IDisposable {
     const collaborators = this._awareness
       ? collaboratorsOf(states, this._awareness.clientID, role)
       : [];
-    const next: IWatchedNotebook = {
-      panel,
-      path: panel ? panel.context.path : '',
+    const next: IWatchedDocument = {
+      widget: doc ? doc.widget : null,
+      kind: doc ? doc.kind : null,
+      path: doc ? doc.context.path : '',
       status,
       collaborators,
       access: this._access,
@@ -178,18 +226,21 @@ export class NotebookWatcher implements IDisposable {
     this._changed.emit(next);
   }
 
-  private _tracker: INotebookTracker;
-  private _panel: NotebookPanel | null = null;
+  private _shell: ILabShell;
+  private _notebooks: INotebookTracker | null;
+  private _editors: IEditorTracker | null;
+  private _doc: IFollowed | null = null;
   private _awareness: IAwarenessLike | null = null;
-  private _access: INotebookAccess | null = null;
+  private _access: IDocumentAccess | null = null;
   private _error = '';
   private _seen = false;
   private _key = '';
   private _timer: number;
   private _disposed = false;
-  private _changed = new Signal<this, IWatchedNotebook>(this);
-  private _state: IWatchedNotebook = {
-    panel: null,
+  private _changed = new Signal<this, IWatchedDocument>(this);
+  private _state: IWatchedDocument = {
+    widget: null,
+    kind: null,
     path: '',
     status: computeStatus({ mesh: null, seen: false, role: null }),
     collaborators: [],
@@ -198,8 +249,16 @@ export class NotebookWatcher implements IDisposable {
   };
 }
 
-export namespace NotebookWatcher {
+type NotebookTab = NonNullable<INotebookTracker['currentWidget']>;
+type EditorTab = NonNullable<IEditorTracker['currentWidget']>;
+
+export namespace DocumentWatcher {
   export interface IOptions {
-    tracker: INotebookTracker;
+    /** The shell: its current widget is the tab the user is looking at. */
+    shell: ILabShell;
+    /** Tells notebook panels apart (null: notebooks are not followed). */
+    notebooks?: INotebookTracker | null;
+    /** Tells file editors apart (null: text files are not followed). */
+    editors?: IEditorTracker | null;
   }
 }

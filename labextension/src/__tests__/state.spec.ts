@@ -63,6 +63,17 @@ describe('computeStatus', () => {
     assert.match(s.label, /will merge/);
   });
 
+  it('is offline, not live via the primary, when the link to this site\'s primary node is down', () => {
+    const s = computeStatus({
+      mesh: mesh({ lock: 'linked', holder: 'node-2', primary: 'node-2', link: 'offline', offline: true }),
+      seen: true,
+      role: 'editor'
+    });
+    assert.equal(s.kind, 'offline');
+    assert.match(s.label, /node-2/);
+    assert.doesNotMatch(s.label, /Live/);
+  });
+
   it('is offline when the browser lost its node after seeing it', () => {
     const s = computeStatus({ mesh: null, seen: true, role: 'editor' });
     assert.equal(s.kind, 'offline');
@@ -97,10 +108,36 @@ describe('computeStatus', () => {
     assert.match(s.label, /Collabora/);
   });
 
-  it('reports a lost lock', () => {
+  it('reports a lost lock, never as live or saved', () => {
+    const s = computeStatus({
+      mesh: mesh({ lock: 'lost', editable: false, checkpoint: 1_700_000_000 }),
+      seen: true,
+      role: 'editor'
+    });
+    assert.equal(s.kind, 'lost');
+    assert.match(s.label, /Lock lost/);
+    assert.doesNotMatch(s.label, /Live|saved/);
+  });
+
+  it('reports unreachable storage as changes held, never as live or saved', () => {
+    const at = new Date(2026, 10, 21, 9, 30, 0).getTime() / 1000;
+    const s = computeStatus({
+      mesh: mesh({ lock: 'unreachable', checkpoint: at }),
+      seen: true,
+      role: 'editor'
+    });
+    assert.equal(s.kind, 'unreachable');
+    assert.match(s.label, /Storage unreachable/);
+    assert.match(s.label, /changes held/);
+    assert.doesNotMatch(s.label, /Live|saved/);
+    assert.equal(s.checkpoint, at);
+    assert.match(s.detail, /09:30:00/);
+  });
+
+  it('shows a viewer read-only even while storage is unreachable', () => {
     assert.equal(
-      computeStatus({ mesh: mesh({ lock: 'lost' }), seen: true, role: 'editor' }).kind,
-      'lost'
+      computeStatus({ mesh: mesh({ lock: 'unreachable' }), seen: true, role: 'viewer' }).kind,
+      'readonly'
     );
   });
 });
