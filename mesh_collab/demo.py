@@ -2,9 +2,9 @@
 
 Each site is an embedded CS3 gateway plus a JupyterLab node (a ``jupyter lab`` process with
 the mesh_collab extension, in multi-user mode: log in with a CS3 user). Site A holds a sample
-notebook and a Markdown file in einstein's home, each shared with marie on site A (a local
-share) and with marie at site B (an OCM share, already accepted), and a small data file
-beside them that the notebook's kernel reads.
+notebook, a Markdown file and a Python script in einstein's home, each shared with marie on
+site A (a local share) and with marie at site B (an OCM share, already accepted), and a small
+data file beside them that the notebook's kernel reads.
 
 It prints, for people, the addresses and logins, and for scripts one JSON line::
 
@@ -47,8 +47,9 @@ from mesh_collab.jupyter.fileids import SHARED_FOLDER
 log = logging.getLogger(__name__)
 
 NOTEBOOK = "welcome.ipynb"
-#: Shared like the notebook: co-edited as a text file.
+#: Shared like the notebook: co-edited as text files.
 NOTES = "notes.md"
+SCRIPT = "analysis.py"
 #: Beside the notebook, for its kernel to read.
 DATA = "data.txt"
 PASSWORDS = {"einstein": "relativity", "marie": "radioactivity", "richard": "superfluidity"}
@@ -155,7 +156,7 @@ async def seed(sites: list[RunningSite]) -> None:
     async with CS3Client(a.gateway.grpc_address) as cs3:
         einstein = await cs3.login("einstein", PASSWORDS["einstein"])
         marie = await einstein.users.by_claim("username", "marie")
-        for name, shared in ((NOTEBOOK, True), (NOTES, True), (DATA, False)):
+        for name, shared in ((NOTEBOOK, True), (NOTES, True), (SCRIPT, True), (DATA, False)):
             path = f"/home/einstein/{name}"
             try:
                 info = await einstein.files.stat(path)

@@ -4,9 +4,11 @@ pasted into headless Chromium.
 einstein opens site A's "as einstein, no login" link, marie site B's "as marie, no login"
 link, each in their own browser. They open the notebook (einstein's, and marie's OCM share of
 it) from the file browser, type into it both ways, press Ctrl+S (answered, no "File Changed"
-dialog, no unsaved mark), open the Markdown file beside it and co-edit it with cursors, then
-reload, open a second tab, log out and log in as someone else. Screenshots land in
-``test-artifacts/``.
+dialog, no unsaved mark), einstein runs the cell that reads ``data.txt`` from beside the
+notebook in CS3 and both see its output, they open the Markdown file beside it and co-edit
+it with cursors; marie logs in at site A through the form and co-edits a Python script with
+einstein; then a reload, a second tab, a logout and a login as someone else. Screenshots
+land in ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -160,7 +162,16 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             await type_into(b, code_b, "  # marie at B")
             await shows(a, f"{NOTEBOOK_CELL} .cm-content", "# marie at B")
             await save_and_check(b, saves_b, "marie")
+            # einstein runs the cell that reads data.txt, which lies beside the notebook in
+            # CS3: the kernel prints it, and marie, at site B, sees the output too.
+            data_cell = f"{NOTEBOOK_CELL} >> nth=2"
+            await a.click(f"{data_cell} >> .cm-content")
+            await a.keyboard.press("Shift+Enter")
+            output = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output"
+            for page in (a, b):
+                await shows(page, output, "Michelson-Morley")
             await a.screenshot(path=str(ARTIFACTS / "demo-notebook-einstein.png"))
+            await b.screenshot(path=str(ARTIFACTS / "demo-notebook-marie.png"))
 
             # The Markdown file beside it, co-edited across the sites, with cursors.
             await a.locator(".jp-BreadCrumbs-home").first.click()
@@ -182,11 +193,34 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
                 )
             await b.screenshot(path=str(ARTIFACTS / "demo-notes-marie.png"))
 
+            # A Python script, co-edited by two users of site A: marie logs in through the
+            # form in a browser of her own.
+            ctx_c = await browser.new_context(viewport=size)
+            c = await ctx_c.new_page()
+            saves_c = SaveReplies(c)
+            base = links["einstein"].split("lab?")[0]
+            await c.goto(f"{base}login")
+            await c.fill("input[name=username]", "marie")
+            await c.fill("input[name=password]", "radioactivity")
+            await c.click("button[type=submit]")
+            await c.wait_for_load_state()
+            await open_from_browser(c, "Shared with me", "analysis.py")
+            await a.locator(".jp-BreadCrumbs-home").first.click()
+            await open_from_browser(a, "analysis.py")
+            for page in (a, c):
+                await page.wait_for_selector(EDITOR, timeout=90_000)
+            await type_into(c, EDITOR, "\nprint('marie at A')")
+            await shows(a, EDITOR, "print('marie at A')")
+            await save_and_check(c, saves_c, "marie (analysis.py)")
+            await type_into(a, EDITOR, "\nprint('einstein')")
+            await shows(c, EDITOR, "print('einstein')")
+            await save_and_check(a, saves_a, "einstein (analysis.py)")
+
             # A reload, and a second tab: everything typed is there, once.
             await a.reload()
             await a.wait_for_selector(EDITOR, timeout=90_000)
-            await shows(a, EDITOR, "einstein types here and marie too")
-            assert (await content_of(a, EDITOR)).count("einstein types here") == 1
+            await shows(a, EDITOR, "print('einstein')")
+            assert (await content_of(a, EDITOR)).count("print('marie at A')") == 1
             second = await ctx_a.new_page()
             await second.goto(links["einstein"].split("lab?")[0] + "lab/tree/welcome.ipynb")
             await shows(second, f"{NOTEBOOK_CELL} .cm-content", "# marie at B")
@@ -194,7 +228,6 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             assert text.count("# einstein at A") == 1 and text.count("# marie at B") == 1
 
             # Log out, and log in as another user through the form.
-            base = links["einstein"].split("lab?")[0]
             await second.goto(f"{base}logout")
             me = await second.goto(f"{base}api/me")
             assert me is not None and me.status in (401, 403)
