@@ -23,6 +23,7 @@ import {
 import { CollaboratorsPanel, StatusItem } from './collaborators';
 import { HistoryPanel } from './history';
 import { openShareDialog, SharedByMePanel, SharedWithMePanel } from './sharing';
+import { checkEditor } from './unsupported';
 import { DocumentWatcher } from './watcher';
 
 /** The folder in which accepted shares appear (mesh_collab/jupyter/fileids.py). */
@@ -48,6 +49,8 @@ const documentPlugin: JupyterFrontEndPlugin<void> = {
     statusBar: IStatusBar | null
   ) => {
     const watcher = new DocumentWatcher({ shell, notebooks, editors });
+    // A binary or oversized file gets the node's reason instead of an endless "loading".
+    editors?.widgetAdded.connect((_, widget) => void checkEditor(widget));
     const collaborators = new CollaboratorsPanel(watcher);
     collaborators.title.icon = usersIcon;
     shell.add(collaborators, 'right', { rank: 50 });

@@ -13,6 +13,7 @@ land in ``test-artifacts/``.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from playwright.async_api import Page, WebSocket, async_playwright
 
@@ -36,8 +38,9 @@ NOTEBOOK_CELL = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell"
 
 
 @asynccontextmanager
-async def demo(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """Run ``mesh-collab demo``; yield the "no login" link it printed for each user."""
+async def demo(tmp_path: Path) -> AsyncIterator[tuple[dict[str, str], list[dict[str, str]]]]:
+    """Run ``mesh-collab demo``; yield the "no login" link it printed for each user, and the
+    sites of its JSON line."""
     args = [sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "demo",
             "--root", str(tmp_path / "demo")]
     log = (tmp_path / "demo.log").open("wb")
@@ -49,11 +52,14 @@ async def demo(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
             with anyio.fail_after(180):
                 while not buffer.decode(errors="replace").rstrip().endswith("}]}"):
                     buffer += await process.stdout.receive()
+            sites: list[dict[str, str]] = []
             for line in buffer.decode().splitlines():
                 match = LINK.match(line)
                 if match:
                     links[match.group(1)] = match.group(2)
-            yield links
+                if line.startswith('{"sites"'):
+                    sites = json.loads(line)["sites"]
+            yield links, sites
         finally:
             process.send_signal(signal.SIGINT)
             with anyio.fail_after(60):
@@ -136,7 +142,7 @@ async def content_of(page: Page, selector: str) -> str:
 
 async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    async with demo(tmp_path) as links, async_playwright() as p:
+    async with demo(tmp_path) as (links, sites), async_playwright() as p:
         assert set(links) == {"einstein", "marie"}, links
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
@@ -215,6 +221,25 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             await type_into(a, EDITOR, "\nprint('einstein')")
             await shows(c, EDITOR, "print('einstein')")
             await save_and_check(a, saves_a, "einstein (analysis.py)")
+
+            # A binary file: the node's reason, not an endless "loading".
+            site_a = sites[0]
+            async with httpx.AsyncClient(timeout=30) as http:
+                uploaded = await http.put(
+                    f"{site_a['url']}api/contents/blob.dat",
+                    headers={"Authorization": f"token {site_a['token']}"},
+                    json={"type": "file", "format": "base64",
+                          "content": base64.b64encode(b"\x00\x01binary\xff").decode()},
+                )
+                assert uploaded.status_code in (200, 201), uploaded.text
+            await a.locator(".jp-BreadCrumbs-home").first.click()
+            await a.locator(".jp-DirListing-toolbar .jp-ToolbarButtonComponent[title*=Refresh]"
+                            ).first.click()
+            await open_from_browser(a, "blob.dat")
+            dialog = a.locator(".jp-Dialog")
+            await dialog.wait_for(timeout=30_000)
+            assert "cannot be edited as text" in await dialog.inner_text()
+            await a.keyboard.press("Escape")
 
             # A reload, and a second tab: everything typed is there, once.
             await a.reload()
