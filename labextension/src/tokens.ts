@@ -55,6 +55,18 @@ export interface IDocumentAccess {
   home: string;
   owner: string;
   remote: boolean;
+  /** Where this node's kernels find CS3 files (null: the node starts no kernels there). */
+  kernels?: IKernelFiles | null;
+}
+
+/** The `kernels` field of `/api/mesh/status`: the node's FUSE mount of CS3, or why not. */
+export interface IKernelFiles {
+  mounted: boolean;
+  /** The kernels' working folder root (the mount, or the local fallback). */
+  cwd: string;
+  root: string;
+  /** Why kernels do not see CS3 (empty when mounted). */
+  reason: string;
 }
 
 /** A share of one of the user's files (`GET /api/mesh/shares`, `shared-by-me`). */

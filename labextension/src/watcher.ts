@@ -4,6 +4,7 @@
  * into the status and collaborators that the status item and panels render.
  */
 import { ILabShell } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
@@ -118,6 +119,7 @@ export class DocumentWatcher implements IDisposable {
     try {
       this._access = await requestAPI<IDocumentAccess>('status', {}, { path: doc.context.path });
       this._error = '';
+      warnOnceIfKernelsMissCS3(this._access);
     } catch (error) {
       this._access = null;
       this._error = (error as Error).message;
@@ -261,4 +263,23 @@ export namespace DocumentWatcher {
     /** Tells file editors apart (null: text files are not followed). */
     editors?: IEditorTracker | null;
   }
+}
+
+let warnedAboutKernels = false;
+
+/**
+ * Say once per page when this node's kernels cannot see CS3 (no FUSE mount): a notebook's
+ * `open("data.csv")` would then not find the file beside it.
+ */
+function warnOnceIfKernelsMissCS3(access: IDocumentAccess): void {
+  const kernels = access.kernels;
+  if (warnedAboutKernels || !kernels || kernels.mounted) {
+    return;
+  }
+  warnedAboutKernels = true;
+  Notification.warning(
+    `Kernels on this server do not see CS3 files (${kernels.reason || 'no FUSE mount'}): ` +
+      `they start in ${kernels.cwd}. Use cs3:// paths to reach CS3 from a kernel.`,
+    { autoClose: false }
+  );
 }
