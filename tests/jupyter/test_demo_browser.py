@@ -200,6 +200,19 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
                 )
             await b.screenshot(path=str(ARTIFACTS / "demo-notes-marie.png"))
 
+            # /metrics shows the open rooms, by kind and role: site A writes both files,
+            # site B serves replicas of them.
+            for site, role in ((sites[0], "primary"), (sites[1], "replica")):
+                async with httpx.AsyncClient(timeout=30) as http:
+                    scraped = await http.get(
+                        f"{site['url']}metrics",
+                        headers={"Authorization": f"token {site['token']}"},
+                    )
+                assert scraped.status_code == 200, scraped.text[:200]
+                for kind in ("notebook", "file"):
+                    row = f'mesh_collab_rooms{{kind="{kind}",role="{role}"}} 1.0'
+                    assert row in scraped.text, (site["site"], row)
+
             # A Python script, co-edited by two users of site A: marie logs in through the
             # form in a browser of her own.
             ctx_c = await browser.new_context(viewport=size)
