@@ -1,6 +1,6 @@
 """Benchmark: checkpointing a notebook to the embedded CS3 gateway, and the event-loop stall.
 
-In-process: mesh_collab's ``CollabServer`` and ``NotebookRoom`` with a durable
+In-process: mesh_collab's ``CollabServer`` and ``DocumentRoom`` with a durable
 ``UpdateLog``, against ``mesh-collab gateway`` running as its own process (real gRPC and
 HTTP on loopback). For each notebook the room is opened and its lock taken; then, 5 times,
 one keystroke is typed and a checkpoint is forced (``checkpointer.flush()``, what the
@@ -32,7 +32,7 @@ import anyio
 from pycrdt import Array, Doc
 
 from mesh_collab.cs3.client import CS3Client, Session
-from mesh_collab.documents import NotebookRoom, RoomSettings
+from mesh_collab.documents import DocumentRoom, RoomSettings
 from mesh_collab.origins import ClientOrigin
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
@@ -56,7 +56,7 @@ async def measure(
     info = await session.files.write(f"{h.HOME}/ckpt-{label}", data)
     probe.reset()
     start = time.perf_counter()
-    nb: NotebookRoom = await server.open(info.id, session)
+    nb: DocumentRoom = await server.open(info.id, session)
     with anyio.fail_after(30):
         # The lock is taken by the room's own task, which signals nothing: poll it.
         while not nb.editable:  # noqa: ASYNC110

@@ -73,6 +73,8 @@ class Listener:
         self.changed = anyio.Event()
 
     async def run(self) -> None:
+        # Ask for the document first, as every client does (the room relays nothing before).
+        await self.channel.send(protocol.sync_step1(self.doc.get_state()))
         async for message in self.channel:
             frame = protocol.parse(message)
             if frame.kind in (protocol.Kind.UPDATE, protocol.Kind.SYNC_STEP2):

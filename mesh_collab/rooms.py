@@ -152,6 +152,8 @@ class Connection:
     #: document update: one would refer to items it does not have yet, and the answer
     #: carries every update applied until then anyway.
     answered: bool = False
+    #: A save request of this connection is being answered (at most one at a time).
+    saving: bool = False
 
     @property
     def author_name(self) -> str:
@@ -221,6 +223,14 @@ class _Forwarded:
     id: int
     status: str = "failed"
     done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _save_answer(conn: Connection, request_id: int, status: str) -> bytes:
+    """The answer to a save request, in the asker's language: a browser's raw JSON reply, or
+    a control message to another node."""
+    if conn.peer is None:
+        return protocol.save_reply(request_id, status)
+    return protocol.control({"type": "saved", "id": request_id, "status": status})
 
 
 def _request_id(message: dict[str, Any]) -> int:
@@ -449,11 +459,8 @@ class Room(anyio.AsyncContextManagerMixin):
                 # A failed save is answered, not raised: the room and the client carry on.
                 self.log.exception("save request failed room=%s", self.name)
                 status = "failed"
-        if conn.peer is None:
-            reply = protocol.save_reply(request_id, status)
-        else:
-            reply = protocol.control({"type": "saved", "id": request_id, "status": status})
-        self._deliver(conn, reply)
+        conn.saving = False
+        self._deliver(conn, _save_answer(conn, request_id, status))
 
     async def serve(
         self,
@@ -888,9 +895,12 @@ class Room(anyio.AsyncContextManagerMixin):
                     forwarded.done.set()
 
     def _start_save(self, conn: Connection, request_id: int) -> None:
-        if self._tg is None or self.closing:
-            self._send(conn, protocol.save_reply(request_id, "skipped"))
+        if self._tg is None or self.closing or conn.saving:
+            # One save at a time per connection ("skipped": one is in progress), so that a
+            # flood of requests costs nothing but their answers.
+            self._send(conn, _save_answer(conn, request_id, "skipped"))
             return
+        conn.saving = True
         self._tg.start_soon(self._answer_save, conn, request_id)
 
     @staticmethod

@@ -182,7 +182,9 @@ async def test_without_fuse_kernels_fall_back_with_one_warning(
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if "kernels will not see CS3" in line]
     assert len(warnings) == 1, warnings
-    assert "the mount failed (exit code 1): cannot mount: cannot use mount point" in warnings[0]
+    # The mount process's own reason reaches the log (its exit status is the process's).
+    assert "the mount failed (exit code" in warnings[0]
+    assert "cannot mount: cannot use mount point" in warnings[0]
     assert files.status()["cwd"] == files.fallback
     kernels: Any = node.app.kernel_manager
     cwd = await in_thread(kernels.cwd_for_path, "project")

@@ -16,7 +16,7 @@ import aiohttp
 import anyio
 from pycrdt import Map
 
-from mesh_collab import notebook
+from mesh_collab import notebook, protocol
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
@@ -108,3 +108,24 @@ async def test_ctrl_s_of_a_viewer_is_skipped(
         assert (await c.save(1))["status"] == "skipped"
         await c.close()
     assert len(await einstein.versions.list(info.id)) == 0
+
+
+async def test_a_flood_of_save_requests_is_answered_one_at_a_time(
+    node_factory: NodeFactory, gateway, einstein: Session
+) -> None:
+    """Every request gets its answer; while one save runs, the others are "skipped" (as the
+    stock server answers a save already in progress) instead of each starting a save."""
+    node = await node_factory(gateway, checkpoint_quiet_period=600, checkpoint_max_interval=900)
+    info = await einstein.files.write("/home/einstein/f.ipynb", NOTEBOOK)
+    async with client(node, "f.ipynb") as c:
+        source = c.nb.ycells[0]["source"]
+        source += " + 1"
+        await c.flush()
+        for request_id in range(1, 201):
+            await c.send_raw(protocol.save_request(request_id))
+        await c.until(lambda: len(c.save_replies) == 200, timeout=60)
+        statuses = [r["status"] for r in c.save_replies]
+        assert set(statuses) <= {"success", "skipped"}
+        assert "success" in statuses
+        assert sorted(r["responseTo"] for r in c.save_replies) == list(range(1, 201))
+    assert len(await einstein.versions.list(info.id)) == 1
