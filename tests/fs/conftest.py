@@ -8,6 +8,7 @@ the embedded gateway serves on the test's event loop: tests call them through
 from __future__ import annotations
 
 import functools
+import json
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 import fsspec
 import pytest
@@ -92,3 +94,16 @@ async def einstein_a(
     """einstein's session on :func:`gateway_a`."""
     cs3 = await cs3_client_factory(gateway_a.grpc_address)
     return await cs3.login("einstein", "relativity")
+
+
+async def first_json_line(process: Any) -> Any:
+    """The JSON line a starting process announces itself with on stdout (None: it exited
+    first), within 30 s."""
+    assert process.stdout is not None
+    line = b""
+    with anyio.fail_after(30):
+        async for chunk in process.stdout:
+            line += chunk
+            if b"\n" in line:
+                break
+    return json.loads(line or b"null")

@@ -21,7 +21,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from mesh_collab.cs3.client import CS3Client, Session
 from mesh_collab.cs3.gateway import EmbeddedGateway
 from mesh_collab.jupyter.kernels import fuse_missing
-from tests.fs.conftest import in_thread
+from tests.fs.conftest import first_json_line, in_thread
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory, jupyter_env, node_factory
 
 __all__ = ["jupyter_env", "node_factory"]  # fixtures, used by name
@@ -51,14 +51,7 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
         command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ) as process:
         try:
-            assert process.stdout is not None
-            line = b""
-            with anyio.fail_after(30):
-                async for chunk in process.stdout:
-                    line += chunk
-                    if b"\n" in line:
-                        break
-            yield GatewayProcess(grpc_address=json.loads(line)["grpc"])
+            yield GatewayProcess(grpc_address=(await first_json_line(process))["grpc"])
         finally:
             process.terminate()
             with anyio.fail_after(30):

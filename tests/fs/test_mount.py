@@ -8,7 +8,6 @@ that serves the embedded gateway.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.gateway import EmbeddedGateway
 from mesh_collab.cs3.models import Lock
 from mesh_collab.jupyter.kernels import fuse_missing
-from tests.fs.conftest import in_thread
+from tests.fs.conftest import first_json_line, in_thread
 
 pytestmark = pytest.mark.skipif(bool(fuse_missing()), reason=f"no FUSE here: {fuse_missing()}")
 
@@ -46,14 +45,7 @@ async def mount_process(
         command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
     ) as process:
         try:
-            assert process.stdout is not None
-            line = b""
-            with anyio.fail_after(30):
-                async for chunk in process.stdout:
-                    line += chunk
-                    if b"\n" in line:
-                        break
-            ready = json.loads(line or b"null")
+            ready = await first_json_line(process)
             assert ready == {"mountpoint": str(mountpoint), "root": HOME, "user": "einstein"}
             yield process
         finally:
