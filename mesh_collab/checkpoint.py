@@ -116,8 +116,8 @@ class Checkpointer:
     async def flush(self) -> bool:
         """Save now if there are unsaved changes. Returns whether the document is saved.
 
-        Errors of mesh_collab (storage unavailable, lock lost...) are logged and leave the
-        document dirty; they do not propagate.
+        Errors (storage unavailable, lock lost, and any other) are logged and leave the
+        document dirty; they do not propagate: a failed save never closes the room.
         """
         async with self._lock:
             if not self.dirty:
@@ -129,13 +129,16 @@ class Checkpointer:
             begin = time.monotonic()
             try:
                 await self._save()
-            except MeshCollabError as exc:
+            except Exception as exc:
                 # Changes made before this save are still unsaved: keep the older start.
                 if self._first_change is None or (started or 0) < self._first_change:
                     self._first_change = started
                 self.failures += 1
                 metrics.COUNTS.checkpoint_failures += 1
-                self.log.warning("checkpoint failed, will retry: %s", exc)
+                if isinstance(exc, MeshCollabError):
+                    self.log.warning("checkpoint failed, will retry: %s", exc)
+                else:  # a defect, but the room and its users carry on
+                    self.log.exception("checkpoint failed, will retry")
                 return False
             self.saves += 1
             metrics.CHECKPOINT_DURATION.observe(time.monotonic() - begin)

@@ -61,8 +61,11 @@ APP_NAME = "mesh_collab"
 SAVED = StorageOrigin("saved")
 #: The origin of a version restored through the room.
 RESTORE = StorageOrigin("restore")
-#: Compact the local log after a checkpoint once this many updates accumulated.
+#: The origin of a checkpoint another node of the lineage wrote (its CRDT state, applied).
+MATE = StorageOrigin("checkpoint")
+#: Compact the local log once this many updates accumulated (checked every COMPACT_CHECK s).
 COMPACT_EVERY = 1000
+COMPACT_CHECK = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,25 +237,27 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
             async with self._remote() as nb:
                 yield nb
             return
-        doc, pending_merge = await self._load()
+        doc, pending = await self._load()
         async with self._new_room(doc) as room:
             self.room = room
             room.add_listener(self._on_updates)
-            if pending_merge is not None:
-                await self._merge(pending_merge)
-                del pending_merge  # a parsed notebook: not kept for the room's life
+            if pending is not None:
+                await self._absorb(pending)
+                del pending  # the file's bytes: not kept for the room's life
             self._publish()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self.checkpointer.run)
                 tg.start_soon(self._hold_lock)
                 tg.start_soon(self._watch_file)
+                tg.start_soon(self._compact_regularly)
                 try:
                     yield self
                 finally:
                     with anyio.move_on_after(30, shield=True):
                         await room.flush()
                         await self.checkpointer.flush()
+                        await self._compact_now()
                     tg.cancel_scope.cancel()
 
     def _new_room(self, doc: Doc) -> Room:
@@ -310,11 +315,13 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 if logged is None:
                     self.lineage = link.lineage
                     await self.updatelog.reset(self.name, self.lineage, room.doc.get_update())
+                tg.start_soon(self._compact_regularly)
                 try:
                     yield self
                 finally:
                     with anyio.move_on_after(5, shield=True):
                         await room.flush()
+                        await self._compact_now()
                     tg.cancel_scope.cancel()
 
     def _ensure_link(self, url: str, site: Site) -> PeerLink:
@@ -353,14 +360,13 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         if any(origin != SAVED for _, origin in updates):
             self.checkpointer.changed()
 
-    async def _load(self) -> tuple[Doc, dict[str, Any] | None]:
-        """Build the document, keeping the lineage; return it and a file to merge in."""
-        session = self._opener
+    async def _load(self) -> tuple[Doc, StoredDocument | None]:
+        """Build the document, keeping the lineage; return it and the file to take in
+        (see :meth:`_absorb`) once the room runs, if the file is not what the document holds.
+        """
         logged = await self.updatelog.load(self.name)
-        built_from_file = False
+        stored = await self.store.load(self._opener)
         if logged is not None:
-            info, data = await self.store.read_bytes(session)
-            digest = sha256(data)
             doc = Doc()
             for update in logged.updates:
                 doc.apply_update(update)
@@ -370,20 +376,19 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 base = doc.get_update()
                 await self._set_base(base)
             self.log.info("room loaded from the local log room=%s", self.name)
-        else:
-            stored = await self.store.load(session)
-            info, data, digest = stored.info, stored.data, stored.sha256
-            doc = await self._doc_from(stored)
-            built_from_file = stored.state is None
-            base = doc.get_update()
-            await self.updatelog.reset(self.name, self.lineage, base)
-            await self._set_base(base)
-        self._known_etag, self._known_sha = info.etag, digest
-        if built_from_file:
-            return doc, None  # just built from this very file: nothing to merge
-        if sha256(await offload.run(self.kind.file_of_state, base)) == digest:
+            self._known_sha = sha256(await offload.run(self.kind.file_of_state, base))
+            return doc, stored
+        doc = await self._doc_from(stored)
+        base = doc.get_update()
+        await self.updatelog.reset(self.name, self.lineage, base)
+        await self._set_base(base)
+        self._known_etag = stored.info.etag
+        if stored.state is None or stored.state_matches:
+            # Built from this very file, or from the state of exactly these bytes.
+            self._known_sha = stored.sha256
             return doc, None
-        return doc, await self.store.parsed(data)  # changed since the base: merge it
+        self._known_sha = stored.state_sha256 or ""
+        return doc, stored  # changed outside since the state was taken: merge it
 
     async def _doc_from(self, stored: StoredDocument) -> Doc:
         if stored.state is not None and stored.lineage:
@@ -402,17 +407,46 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         self.log.info("room loaded from the file (new lineage) room=%s", self.name)
         return doc
 
-    async def _merge(self, nb: Any) -> None:
-        """Merge a file changed behind our back: a three-way merge done by the CRDT itself.
+    async def _absorb(self, stored: StoredDocument) -> None:
+        """Take in the file as storage holds it now, by its provenance.
 
-        The change from the *base* (the document as it was when last written to or read
-        from storage) to the file is computed on a fork of the base, then applied to the
-        live document as a concurrent edit: collaborators' unsaved edits survive, unchanged
-        cells keep their identity, edited cells change granularly.
+        * The bytes this room last wrote or read: nothing to do.
+        * A checkpoint of this lineage (by another node of the mesh, or by this node before
+          a restart): the file's metadata names our lineage and the file's bytes are those
+          its CRDT state was taken of. Its state is applied as a CRDT update, which is
+          idempotent: what the room already holds is not inserted again.
+        * Changed outside mesh_collab after a checkpoint of this lineage (the bytes differ
+          from the recorded checksum): that state is applied, then the change from it to
+          the file is merged in (three-way, with that state as the base).
+        * Anything else (another lineage, or no CRDT state beside the file): the change from
+          this room's base to the file is merged in.
+
+        Raises:
+            ValueError: the file is not of the document's kind (a partial write).
+            StorageError: the file cannot be read.
         """
-        base, stats = await self._merge_from(await self._get_base(), nb, StorageOrigin("external"))
-        await self._set_base(base)
-        self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+        if stored.sha256 != self._known_sha:
+            mate = stored.state is not None and stored.lineage == self.lineage
+            if mate:
+                assert stored.state is not None
+                state = stored.state
+                await self.room.edit(lambda doc: doc.apply_update(state), MATE)
+                metrics.COUNTS.absorbed["checkpoint"] += 1
+            if mate and stored.state_matches:
+                await self._set_base(stored.state)  # type: ignore[arg-type]
+                self.log.info("applied a checkpoint of the lineage room=%s", self.name)
+            else:
+                base = stored.state if mate else await self._get_base()
+                assert base is not None
+                parsed = await self.store.parsed(stored.data)
+                merged, stats = await self._merge_from(base, parsed, StorageOrigin("external"))
+                await self._set_base(merged)
+                metrics.COUNTS.absorbed["external"] += 1
+                self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
+        self._known_etag, self._known_sha = stored.info.etag, stored.sha256
+        # The file on disk is what the room shows now: tell the frontends, whose next save
+        # would otherwise see a newer file than theirs.
+        await self.room.edit(partial(_mark_saved, etag=stored.info.etag), SAVED)
 
     async def _set_base(self, state: bytes) -> None:
         """Remember the document state that matches the file in storage."""
@@ -604,25 +638,41 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         # Tell the frontends the file is saved (its "dirty" dot) and what is on disk now (its
         # hash), as jupyter-collaboration does after a save.
         await self.room.edit(partial(_mark_saved, etag=info.etag), SAVED)
-        await self._maybe_compact()
 
     def _on_saved(self) -> None:
         self._publish()  # with the checkpointer's new save time
 
-    async def _maybe_compact(self) -> None:
-        """Fold the room's log into one state once it holds many updates."""
+    async def _compact_regularly(self) -> None:
+        """Fold the room's log into one state whenever it holds many updates, whatever the
+        room's role: a replica or a linked secondary never checkpoints, and its log must not
+        grow without bound either (nor its reopen replay every keystroke)."""
+        while True:
+            await anyio.sleep(COMPACT_CHECK)
+            if self.room.stats.updates - self._compacted_at >= COMPACT_EVERY:
+                await self._compact_now()
+
+    async def _compact_now(self) -> None:
         updates = self.room.stats.updates
-        if updates - self._compacted_at >= COMPACT_EVERY:
+        if updates == self._compacted_at or not self.lineage:
+            return
+        try:
             await self.room.compact(self.lineage)
-            self._compacted_at = updates
+        except errors.MeshCollabError as exc:
+            self.log.warning("cannot compact the log room=%s error=%s", self.name, exc)
+            return
+        self._compacted_at = updates
 
     async def _watch_file(self) -> None:
+        """Look at the file every poll interval while this room is the primary (the one
+        writer: the others learn every change through it)."""
         while True:
             await anyio.sleep(self.settings.poll_interval)
+            if self._lock_state != "held":
+                continue
             try:
                 await self._check_file()
-            except errors.StorageError as exc:
-                self.log.warning("cannot watch the file room=%s error=%s", self.name, exc)
+            except (errors.StorageError, ValueError) as exc:
+                self.log.warning("cannot take in the file room=%s error=%s", self.name, exc)
 
     async def _check_file(self) -> None:
         async with self._storage_lock:
@@ -633,13 +683,11 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         info = await self.store.stat(session)
         if info.etag == self._known_etag:
             return
-        info, nb, digest = await self.store.read(session)
-        if digest != self._known_sha:
-            await self._merge(nb)
-        self._known_etag, self._known_sha = info.etag, digest
-        # The file on disk is what the room shows (merged, or the same bytes again): tell the
-        # frontends, whose next save would otherwise see a newer file than theirs.
-        await self.room.edit(partial(_mark_saved, etag=info.etag), SAVED)
+        try:
+            await self._absorb(await self.store.load(session))
+        except ValueError as exc:
+            raise errors.Conflict(f"the file cannot be merged now: {exc}",
+                                  op="merge", ref=self.name) from exc
 
 
 def _mark_saved(doc: Doc, *, etag: str) -> None:

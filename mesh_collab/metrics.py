@@ -77,6 +77,7 @@ class Counts:
     """The node's event counters (plain integers; see the module docstring for why)."""
 
     __slots__ = (
+        "absorbed",
         "checkpoint_failures",
         "closed",
         "lock_losses",
@@ -99,6 +100,9 @@ class Counts:
         #: Bytes of sync step 2 answers on links to other nodes: "sent", "received".
         self.resync_bytes = {"sent": 0, "received": 0}
         self.checkpoint_failures = 0
+        #: Changed files a primary took in, by provenance: "checkpoint" (a checkpoint of
+        #: the room's lineage, applied as its CRDT state) or "external" (merged three-way).
+        self.absorbed = {"checkpoint": 0, "external": 0}
         #: Locks lost, by the state the room went to ("lost", "unreachable").
         self.lock_losses = {"lost": 0, "unreachable": 0}
         #: Websocket connections this node closed, by close code.
@@ -272,6 +276,13 @@ def _events() -> Iterator[Metric]:
     yield family
     yield _counter("mesh_collab_checkpoint_failures", "Checkpoints to storage that failed "
                    "(each is retried).", counts.checkpoint_failures)
+    family = CounterMetricFamily(
+        "mesh_collab_files_absorbed", "Changed files taken into rooms, by provenance: "
+        "checkpoint (another node's checkpoint of the lineage, applied as its CRDT state) or "
+        "external (changed outside mesh_collab, merged three-way).", labels=["provenance"])
+    for provenance, n in counts.absorbed.items():
+        family.add_metric([provenance], n)
+    yield family
     family = CounterMetricFamily(
         "mesh_collab_lock_losses", "Reva locks a primary lost, by the state its room went to: "
         "lost (taken by someone else) or unreachable (storage down past the expiry).",

@@ -475,7 +475,9 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         """Replace everything the log holds for a room by one state, under ``lineage``.
 
         Used at compaction (the state of the live document, which covers every committed
-        update) and when a room starts a lineage (loaded from a checkpoint).
+        update) and when a room starts a lineage (loaded from a checkpoint). The base
+        (:meth:`set_base`) is kept under the same lineage and dropped under another: a merge
+        base of one history is meaningless in another.
 
         Raises:
             LocalStoreError: the write failed; the previous content is kept.
@@ -490,9 +492,11 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
             try:
                 db.execute("DELETE FROM updates WHERE room = ?", (room,))
                 db.execute("INSERT INTO updates (room, data) VALUES (?, ?)", (room, state))
+                # The base belongs to its lineage: a new lineage starts without one.
                 db.execute(
                     "INSERT INTO rooms (room, lineage) VALUES (?, ?) "
-                    "ON CONFLICT (room) DO UPDATE SET lineage = excluded.lineage",
+                    "ON CONFLICT (room) DO UPDATE SET lineage = excluded.lineage, "
+                    "base = CASE WHEN rooms.lineage = excluded.lineage THEN rooms.base END",
                     (room, lineage),
                 )
             except BaseException:

@@ -3,6 +3,7 @@ restarts. Clients are pycrdt Docs synced by pycrdt's own Provider."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -358,3 +359,40 @@ async def test_a_direct_hold_keeps_the_room_open_without_clients(
         async with server.open_direct(info.id, einstein) as again:
             assert entry.closed.is_set() and again is not nb
             assert server.rooms[info.id] is again
+
+
+async def test_a_checkpoint_of_another_node_is_applied_not_merged_again(
+    tmp_path: Path, einstein: Session
+) -> None:
+    """Node one reopens from its local log after node two checkpointed edits that node one's
+    client carries too: the file is a checkpoint of the same lineage, so its CRDT state is
+    applied (nothing inserted twice), not merged as an outside change against node one's
+    older base."""
+    info = await put_notebook(einstein, "mates.ipynb", data_notebook("Running_Code.ipynb"))
+    keep = Doc()
+    async with node(tmp_path / "one") as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            append(a.nb.ycells[0], " tok-from-one")
+        tg.cancel_scope.cancel()
+    two = dataclasses.replace(FAST, node_id="n2")
+    async with node(tmp_path / "two", two) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            append(a.nb.ycells[1], " tok-from-two")
+        tg.cancel_scope.cancel()
+    saved = json.loads(await einstein.files.read(info.id))
+    assert "".join(saved["cells"][1]["source"]).count(" tok-from-two") == 1
+    append(YNotebook(ydoc=keep).ycells[2], " tok-offline")
+    async with node(tmp_path / "one") as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
+            nb_room = server.rooms[info.id]
+            await until(lambda: " tok-offline" in str(nb_room.ynotebook.ycells[2]["source"]),
+                        nb_room.room.doc)
+            await nb_room.room.flush()
+            live = json.dumps(notebook.to_notebook(nb_room.ynotebook))
+            for token in (" tok-from-one", " tok-from-two", " tok-offline"):
+                assert live.count(token) == 1, token
+                assert json.dumps([a.source(i) for i in range(3)]).count(token) == 1, token
+        tg.cancel_scope.cancel()
+    saved = (await einstein.files.read(info.id)).decode()
+    for token in (" tok-from-one", " tok-from-two", " tok-offline"):
+        assert saved.count(token) == 1, token

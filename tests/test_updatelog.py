@@ -108,6 +108,16 @@ async def test_the_base_state_is_kept_per_room(tmp_path: Path) -> None:
         assert await log.base("other") is None
 
 
+async def test_a_new_lineage_starts_without_the_old_base(tmp_path: Path) -> None:
+    async with UpdateLog(tmp_path / "u.sqlite") as log:
+        await log.reset("r", "lineage-1", b"\x00\x00")
+        await log.set_base("r", b"state-of-lineage-1")
+        await log.reset("r", "lineage-2", b"\x00\x00")
+        assert await log.base("r") is None
+        stored = await log.load("r")
+        assert stored is not None and stored.lineage == "lineage-2" and stored.base is None
+
+
 class GatedFsync:
     """``os.fsync`` that records which files it flushed and waits for ``open`` first."""
 
