@@ -18,6 +18,9 @@ true}``).
 | 4401 | UNAUTHORIZED | no or bad credentials |
 | 4403 | FORBIDDEN | no read access to the document, or a peer refused |
 | 4404 | NOT_FOUND | no such document |
+| 4409 | LINEAGE_MISMATCH | a linking node holds another lineage (CRDT history) of the document |
+|      |                  | than the node it links to: the link is refused, never merged; the |
+|      |                  | linking node keeps its edits in its log and shows the link refused |
 | 4415 | UNSUPPORTED_DOCUMENT | the file is not a notebook mesh_collab can open |
 | 4426 | PROTOCOL_VERSION | a peer speaks another federation protocol version |
 | 4429 | TOO_SLOW | the client does not read fast enough; its queue overflowed |
@@ -41,6 +44,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403
     NOT_FOUND = 4404
+    LINEAGE_MISMATCH = 4409
     UNSUPPORTED_DOCUMENT = 4415
     PROTOCOL_VERSION = 4426
     TOO_SLOW = 4429

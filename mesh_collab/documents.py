@@ -89,12 +89,12 @@ class Federation:
     def node_of(self, lock_id: str) -> str:
         """The URL of the mesh_collab node a lock id names ("" if it names none).
 
-        Lock ids read ``mesh_collab:<site>:<node url>:<epoch>``.
+        Lock ids read ``mesh_collab:<site>:<node id>:<epoch>:<node url>``.
         """
-        app, _, rest = lock_id.partition(":")
-        site, _, rest = rest.partition(":")
-        node, _, _epoch = rest.rpartition(":")
-        return node if app == APP_NAME and site and node.startswith("http") else ""
+        parts = lock_id.split(":", 4)
+        if len(parts) < 5 or parts[0] != APP_NAME or not parts[1]:
+            return ""
+        return parts[4] if parts[4].startswith("http") else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,12 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         self.store = CS3DocumentStore(
             resource_id, parse=kind.parse, max_size=settings.max_notebook_size
         )
-        self.lock_id = f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}"
+        # The node id tells this node's runs apart from every other node's; the URL says
+        # where the other nodes of the site link to this primary.
+        self.lock_id = (
+            f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}:"
+            f"{federation.node_url if federation else ''}"
+        )
         self.lineage = ""
         self.room: Room = None  # type: ignore[assignment]  # set on entry
         self._sessions: dict[str, Session] = {}
@@ -299,6 +304,7 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
             for update in logged.updates:
                 doc.apply_update(update)
             self.lineage = logged.lineage
+        home_unreachable = False
         async with self._new_room(doc) as room:
             self.room = room
             self._lock_state = "remote"
@@ -308,21 +314,26 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 with anyio.move_on_after(self.settings.link_timeout):
                     await link.synced.wait()
                 if not link.synced.is_set() and logged is None:
+                    # Nothing to serve: raised below, outside the task groups (inside, it
+                    # would reach the caller wrapped in an exception group).
+                    home_unreachable = True
                     tg.cancel_scope.cancel()
-                    raise errors.StorageUnavailable(
-                        "the notebook's home site is unreachable", op="link", ref=self.name
-                    )
-                if logged is None:
-                    self.lineage = link.lineage
-                    await self.updatelog.reset(self.name, self.lineage, room.doc.get_update())
-                tg.start_soon(self._compact_regularly)
-                try:
-                    yield self
-                finally:
-                    with anyio.move_on_after(5, shield=True):
-                        await room.flush()
-                        await self._compact_now()
-                    tg.cancel_scope.cancel()
+                else:
+                    if logged is None:
+                        self.lineage = link.lineage
+                        await self.updatelog.reset(self.name, self.lineage, room.doc.get_update())
+                    tg.start_soon(self._compact_regularly)
+                    try:
+                        yield self
+                    finally:
+                        with anyio.move_on_after(5, shield=True):
+                            await room.flush()
+                            await self._compact_now()
+                        tg.cancel_scope.cancel()
+        if home_unreachable:
+            raise errors.StorageUnavailable(
+                "the notebook's home site is unreachable", op="link", ref=self.name
+            )
 
     def _ensure_link(self, url: str, site: Site) -> PeerLink:
         """Keep a link to ``url`` running (replacing a link to another node)."""
@@ -336,6 +347,7 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
             self.room, self.resource_id, remote=site, local=self.federation.local,
             remote_url=url, node_url=self.federation.node_url,
             on_state=self._on_link_state, kind=self.kind.name, log=self.log,
+            lineage=lambda: self.lineage,
         )
         scope = anyio.CancelScope()
 
@@ -540,7 +552,13 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 ) as lease:
                     self._lease = lease
                     self._set_lock_state("held")
-                    await self._catch_up()
+                    try:
+                        await self._catch_up()
+                    except (errors.StorageError, ValueError) as exc:
+                        # The file poll takes it in later; raised here, it would end the
+                        # lease's task group and the room with it.
+                        self.log.warning("cannot take in the file yet room=%s error=%s",
+                                         self.name, exc)
                     await lease.lost.wait()
                     if isinstance(lease.lost_reason, errors.LockConflict | errors.NotFound):
                         self._set_lock_state("lost")

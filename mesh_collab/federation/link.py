@@ -43,7 +43,10 @@ from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Peer, Room
 
 #: Close codes after which retrying with the same configuration cannot help.
-REFUSED = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.PROTOCOL_VERSION})
+REFUSED = frozenset({
+    CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN, CloseCode.PROTOCOL_VERSION,
+    CloseCode.LINEAGE_MISMATCH,
+})
 
 
 def room_url(node_url: str, resource_id: ResourceId, kind: str = "notebook") -> str:
@@ -63,6 +66,8 @@ class PeerLink:
         local: our own site (name and the secret we present).
         node_url: our node's URL (sent for logs and same-site primaries).
         kind: the room's document kind (its name, e.g. "file").
+        lineage: returns the local room's lineage ("" while it has none yet): a welcome
+            naming another lineage is refused (close code 4409), never synced.
         on_state: called with "online", "offline" or "refused" when the link changes.
     """
 
@@ -77,6 +82,7 @@ class PeerLink:
         node_url: str = "",
         on_state: Callable[[str], None] | None = None,
         kind: str = "notebook",
+        lineage: Callable[[], str] | None = None,
         max_backoff: float = 10.0,
         max_message_size: int = 16 * 2**20,
         log: logging.Logger | None = None,
@@ -88,6 +94,7 @@ class PeerLink:
         self.url = room_url(remote_url or remote.url, resource_id, kind)
         self.node_url = node_url
         self.on_state = on_state
+        self.local_lineage = lineage or (lambda: "")
         self.max_backoff = max_backoff
         self.max_message_size = max_message_size
         self.log = log or logging.getLogger(__name__)
@@ -147,6 +154,16 @@ class PeerLink:
             if message.get("type") != "welcome" or message.get("version") != PROTOCOL_VERSION:
                 raise ProtocolError(f"unexpected welcome: {message.get('type')!r}")
             self.lineage = str(message.get("lineage", ""))
+            mine = self.local_lineage()
+            if mine and self.lineage != mine:
+                # Two histories of one document: syncing them would put items of one into
+                # the other as if they were the same edits. Refuse; the edits stay here.
+                self.close_code = CloseCode.LINEAGE_MISMATCH
+                await ws.close(code=CloseCode.LINEAGE_MISMATCH, message=b"lineage mismatch")
+                self.log.error("link refused: another lineage room=%s site=%s here=%s "
+                               "there=%s", self.resource_id, self.remote.name, mine,
+                               self.lineage)
+                return
             self.connections += 1
             channel = AiohttpChannel(ws, f"link:{self.remote.name}")
             identity = Identity(username=f"node:{self.remote.name}", site=self.remote.name)

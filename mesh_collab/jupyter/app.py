@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
@@ -131,6 +132,20 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def persistent_node_id(data_dir: Path) -> str:
+    """The node id kept in ``<data_dir>/node-id``, made (random, 16 hex digits) on first use."""
+    path = data_dir / "node-id"
+    try:
+        node_id = path.read_text().strip()
+    except FileNotFoundError:
+        node_id = ""
+    if not re.fullmatch(r"[0-9a-f]{16}", node_id):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        node_id = secrets.token_hex(8)
+        path.write_text(node_id + "\n")
+    return node_id
+
+
 def _env(name: str, fallback: str) -> str:
     return os.environ.get(name) or fallback
 
@@ -216,6 +231,15 @@ class MeshCollabApp(ExtensionApp):
         help="""The URL other nodes reach this node at (it names the node in the Reva lock id,
         so that the other nodes of the site link to the primary). Default "": this server's
         own http://ip:port/base_url/.""",
+    ).tag(config=True)
+
+    node_id = Unicode(
+        "",
+        help="""This node's id, the name of its run in the Reva lock id: a node that finds a
+        lock with its own id and another epoch took it before a restart, and takes it back.
+        Default "": a random id made once and kept in <data_dir>/node-id, so that two hosts
+        that share a URL (both http://localhost:8888/) never take each other's lock for their
+        own.""",
     ).tag(config=True)
 
     home_template = Unicode(
@@ -410,6 +434,10 @@ class MeshCollabApp(ExtensionApp):
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "mesh_collab" / self.site)
+
+    @default("node_id")
+    def _default_node_id(self) -> str:
+        return persistent_node_id(Path(self.data_dir))
 
     @default("mount_root")
     def _default_mount_root(self) -> str:

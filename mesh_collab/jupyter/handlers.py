@@ -73,7 +73,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
     federation = Federation(site=config.site, node_url=node_url, directory_source=config.directory)
     settings = RoomSettings(
         site=config.site,
-        node_id=node_url,
+        node_id=config.node_id,
         lock_expiry=config.lock_expiry,
         quiet_period=config.checkpoint_quiet_period,
         max_interval=config.checkpoint_max_interval,

@@ -269,3 +269,14 @@ async def test_bad_credentials_fail_start_and_requests_get_503(
     response = await node.api("GET", "contents")
     assert response.status_code == 503
     assert "wrong-password-xyz" not in caplog.text
+
+
+def test_the_node_id_is_random_and_kept_in_the_data_dir(tmp_path: Path) -> None:
+    """Two nodes that share a URL (both http://localhost:8888/ on two hosts) have different
+    ids, so neither takes the other's Reva lock for its own before a restart; one node keeps
+    its id across restarts."""
+    one = MeshCollabApp(data_dir=str(tmp_path / "one")).node_id
+    again = MeshCollabApp(data_dir=str(tmp_path / "one")).node_id
+    other = MeshCollabApp(data_dir=str(tmp_path / "two")).node_id
+    assert one == again and one != other
+    assert len(one) == 16 and (tmp_path / "one" / "node-id").read_text().strip() == one
