@@ -324,6 +324,8 @@ class Room(anyio.AsyncContextManagerMixin):
         self._tainted = False
         self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
         self.closing = False
+        #: Set when the room loop stopped: a waiter whose item it never took is told.
+        self._stopped = anyio.Event()
         self._accept_edits = True
         self._updates = 0
         self._batches = 0
@@ -422,8 +424,8 @@ class Room(anyio.AsyncContextManagerMixin):
         if self.closing:
             raise RoomClosed(self.name)
         edit = _Edit(fn, origin)
-        await self._inbox_send.send(edit)
-        await edit.done.wait()
+        if not await self._submit(edit, edit.done):
+            raise RoomClosed(self.name)
         if edit.error is not None:
             raise edit.error
         return edit.result
@@ -545,12 +547,13 @@ class Room(anyio.AsyncContextManagerMixin):
 
         Raises:
             LocalStoreError: the log could not be compacted (it keeps its rows).
+            RoomClosed: the room loop stopped first.
         """
         if self.updatelog is None:
             return
         item = _Compact(lineage)
-        await self._inbox_send.send(item)
-        await item.done.wait()
+        if not await self._submit(item, item.done):
+            raise RoomClosed(self.name)
         if item.error is not None:
             raise item.error
 
@@ -568,11 +571,7 @@ class Room(anyio.AsyncContextManagerMixin):
         Returns at once when the room's loop has already stopped (nothing more will run).
         """
         barrier = _Edit(lambda doc: None, origin=None)  # type: ignore[arg-type]
-        try:
-            await self._inbox_send.send(barrier)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return
-        await barrier.done.wait()
+        await self._submit(barrier, barrier.done)
 
     async def _read(self, conn: Connection) -> None:
         try:
@@ -637,6 +636,30 @@ class Room(anyio.AsyncContextManagerMixin):
             item.conn.end()
 
     async def _loop(self) -> None:
+        try:
+            await self._run_loop()
+        finally:
+            self._stopped.set()
+
+    async def _submit(self, item: Any, done: anyio.Event) -> bool:
+        """Queue ``item`` for the room loop and wait until it is handled: True, or False
+        when the loop stopped first (the item will never be handled)."""
+        try:
+            await self._inbox_send.send(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        if not done.is_set():
+            async with anyio.create_task_group() as tg:
+
+                async def wait(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(wait, done)
+                tg.start_soon(wait, self._stopped)
+        return done.is_set()
+
+    async def _run_loop(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._committer, self._batches_to_commit)
             async with self._inbox, self._to_commit:

@@ -23,7 +23,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from mesh_collab import notebook, offload, protocol
-from mesh_collab.channel import Channel
+from mesh_collab.channel import Channel, ChannelClosed
+from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.documents import DocumentRoom, Federation, RoomSettings
 from mesh_collab.errors import MeshCollabError, RoomClosed, single_cause
@@ -82,6 +83,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         self.epoch = int(time.time())
         self._rooms: dict[ResourceId, _Entry] = {}
         self._awareness_rooms: dict[str, Room] = {}
+        self._awareness_opening = anyio.Lock()
+        self._stopping = anyio.Event()
         self._tg: TaskGroup | None = None
         self.started = anyio.Event()
 
@@ -98,14 +101,19 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 # Close every room: each does its final checkpoint and releases its lock.
                 for entry in list(self._rooms.values()):
                     entry.stop.set()
-                for room in list(self._awareness_rooms.values()):
-                    room.closing = True
+                self._stopping.set()
                 self._tg = None
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def start_soon(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, channel: Channel | None = None
+    ) -> None:
         """Run ``fn(*args)`` in the server's task group (a connection served for a
-        transport whose callbacks cannot await it, like tornado's ``open``). Errors of
-        mesh_collab are logged, not propagated: one connection never stops the node.
+        transport whose callbacks cannot await it, like tornado's ``open``).
+
+        This is the boundary of one connection: whatever ``fn`` raises (an error of
+        mesh_collab, an exception group, a defect) is logged once and closes ``channel``
+        (4500 for anything but an error of mesh_collab); it never reaches the server's task
+        group, so one connection never stops the node.
 
         Raises:
             RoomClosed: the server is not running.
@@ -116,8 +124,20 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         async def guarded() -> None:
             try:
                 await fn(*args)
-            except MeshCollabError as exc:
-                self.log.warning("connection ended with an error: %s", exc)
+            except Exception as exc:  # the per-connection boundary
+                cause = single_cause(exc)
+                if isinstance(cause, ChannelClosed):
+                    return  # the other end went away: a normal end
+                if isinstance(cause, MeshCollabError):
+                    self.log.warning("connection ended with an error: %s", cause)
+                else:
+                    self.log.exception("connection failed")
+                if channel is not None:
+                    with anyio.move_on_after(5, shield=True):
+                        try:
+                            await channel.close(CloseCode.LOAD_FAILED, "internal error")
+                        except Exception:  # already gone
+                            pass
 
         self._tg.start_soon(guarded)
 
@@ -151,6 +171,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             RoomClosed: the server is stopping.
         """
         entry = self._rooms.get(resource_id)
+        while entry is not None and entry.closing:
+            # Taking its last checkpoint: it would stop serving at once. Open it anew.
+            await entry.closed.wait()
+            entry = self._rooms.get(resource_id)
         if entry is not None and entry.kind is not kind:
             raise ValueError(
                 f"the file is open as a {entry.kind.name} here; close it there to open it "
@@ -252,7 +276,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 "node": self.federation.node_url if self.federation else "",
                 "lineage": nb.lineage,
             }
-            await channel.send(protocol.control(welcome))
+            try:
+                await channel.send(protocol.control(welcome))
+            except ChannelClosed:
+                return  # the linking node gave up waiting: it links again
             await nb.room.serve(channel, identity, writable=True, peer=peer)
         finally:
             entry.users -= 1
@@ -260,11 +287,12 @@ class CollabServer(anyio.AsyncContextManagerMixin):
 
     async def serve_awareness(self, name: str, channel: Channel, identity: Identity) -> None:
         """Serve a client in an awareness-only room (nothing is stored)."""
-        room = self._awareness_rooms.get(name)
-        if room is None:
-            if self._tg is None:
-                raise RoomClosed("the server is not running")
-            room = await self._tg.start(self._run_awareness_room, name)
+        async with self._awareness_opening:  # two first clients: one room
+            room = self._awareness_rooms.get(name)
+            if room is None:
+                if self._tg is None:
+                    raise RoomClosed("the server is not running")
+                room = await self._tg.start(self._run_awareness_room, name)
         await room.serve(channel, identity, writable=True)
 
     async def _run_awareness_room(self, name: str, *, task_status: TaskStatus[Room]) -> None:
@@ -272,7 +300,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             self._awareness_rooms[name] = room
             task_status.started(room)
             try:
-                await anyio.sleep_forever()
+                await self._stopping.wait()  # closing the room closes its connections
             finally:
                 self._awareness_rooms.pop(name, None)
 
@@ -324,11 +352,16 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 continue
             # Nobody left: save now, and close unless someone comes back soon.
             assert entry.room is not None
+            entry.activity = anyio.Event()  # before the flush: a join during it counts
             await entry.room.checkpointer.flush()
-            entry.activity = anyio.Event()
+            if entry.users > 0 or entry.activity.is_set():
+                continue
             with anyio.move_on_after(self.cleanup_delay):
                 await _first(entry.activity, entry.stop)
                 continue
+            if entry.users > 0:
+                continue
+            entry.closing = True  # from here on, open() waits for the room to go
             return
 
 

@@ -19,7 +19,8 @@ from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Provider
 
 from mesh_collab import notebook
-from mesh_collab.channel import memory_channel_pair
+from mesh_collab.channel import ChannelClosed, memory_channel_pair
+from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Lock, Role
 from mesh_collab.cs3.store import META_LINEAGE
@@ -396,3 +397,80 @@ async def test_a_checkpoint_of_another_node_is_applied_not_merged_again(
     saved = (await einstein.files.read(info.id)).decode()
     for token in (" tok-from-one", " tok-from-two", " tok-offline"):
         assert saved.count(token) == 1, token
+
+
+# --- the boundaries of one node ---------------------------------------------------------
+
+
+async def test_a_failing_connection_is_closed_and_the_node_carries_on(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "iso.ipynb", data_notebook("Running_Code.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        broken, broken_client = memory_channel_pair("broken")
+
+        async def defect() -> None:
+            raise RuntimeError("a defect in one connection")
+
+        async def gone() -> None:
+            raise ChannelClosed("the peer hung up before its welcome")
+
+        server.start_soon(defect, channel=broken)
+        server.start_soon(gone)
+        with anyio.fail_after(5):
+            await broken_client.closed.wait()
+        assert broken_client.close_code == CloseCode.LOAD_FAILED
+        # Everyone else is served as before.
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            append(a.nb.ycells[0], " still served")
+            await server.rooms[info.id].room.flush()
+            assert str(server.rooms[info.id].ynotebook.ycells[0]["source"]).endswith(
+                " still served")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_user_who_joins_during_the_last_checkpoint_keeps_the_room(
+    tmp_path: Path, einstein: Session
+) -> None:
+    info = await put_notebook(einstein, "race.ipynb", data_notebook("Running_Code.ipynb"))
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            append(a.nb.ycells[0], " first")
+        nb_room = server.rooms[info.id]
+        flushing, release = anyio.Event(), anyio.Event()
+        real_flush = nb_room.checkpointer.flush
+
+        async def slow_flush() -> bool:
+            flushing.set()
+            await release.wait()
+            return await real_flush()
+
+        nb_room.checkpointer.flush = slow_flush  # type: ignore[method-assign]
+        # Wait for the last leave's checkpoint (the client above has gone).
+        with anyio.fail_after(10):
+            await flushing.wait()
+        async with client(server, tg, info.id, einstein, EINSTEIN) as b:
+            release.set()
+            entry = server._rooms[info.id]
+            # Several cleanup delays later, the room still serves the user who came back.
+            with anyio.move_on_after(server.cleanup_delay * 4):
+                await entry.closed.wait()
+            assert not entry.closed.is_set()
+            append(b.nb.ycells[1], " second")
+            await nb_room.room.flush()
+            assert str(nb_room.ynotebook.ycells[1]["source"]).endswith(" second")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_node_with_awareness_connections_stops_at_once(tmp_path: Path) -> None:
+    with anyio.fail_after(5):  # far under a server's 10 s stop timeout
+        async with node(tmp_path) as server:
+            server_end, client_end = memory_channel_pair("awareness")
+            server.start_soon(server.serve_awareness, "global", server_end, EINSTEIN,
+                              channel=server_end)
+            doc = Doc()
+            async with Provider(doc, client_end) as provider:
+                await provider.synced.wait()
+                assert len(server.awareness_rooms) == 1
+            # The connection is still open: the node, stopping, closes it with its room.
+    assert client_end.closed.is_set() and not server.awareness_rooms

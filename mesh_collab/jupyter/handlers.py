@@ -262,7 +262,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             return
         server: CollabServer = state.server
         if room_id == GLOBAL_AWARENESS:
-            server.start_soon(server.serve_awareness, room_id, self.channel, identity_of(user))
+            server.start_soon(server.serve_awareness, room_id, self.channel, identity_of(user),
+                              channel=self.channel)
             return
         parsed = _parse_room(room_id)
         if parsed is None:
@@ -295,7 +296,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             partial(
                 server.serve_document, rid, session, self.channel, identity_of(user),
                 writable=writable, kind=kind,
-            )
+            ),
+            channel=self.channel,
         )
 
     def on_message(self, message: bytes | str) -> Awaitable[None] | None:
@@ -371,7 +373,8 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         identity = Identity(username=f"node:{site.name}", site=site.name)
         server: CollabServer = state.server
         log.info("link accepted room=%s site=%s", rid, site.name)
-        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer, kind)
+        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer, kind,
+                          channel=self.channel)
 
     def on_message(self, message: bytes | str) -> Awaitable[None] | None:
         return self.channel.deliver(message) if self.channel is not None else None
