@@ -74,6 +74,8 @@ _MAX_MERGE = 128
 _BURST = 0.001
 #: Seconds a save request forwarded to the primary waits for its answer.
 FORWARDED_SAVE_TIMEOUT = 30.0
+#: Seconds before updates whose commit failed are written again (if nothing else came).
+COMMIT_RETRY = 1.0
 #: Seconds between renewals of the node's own awareness state. Yjs clients drop a remote
 #: state that was not renewed for 30 s (y-protocols' outdatedTimeout), as they renew their
 #: own every 15 s.
@@ -255,6 +257,8 @@ class _Batch:
     commit: Commit | None
     outgoing: list[_Out]
     edits: list[_Edit]
+    #: Messages of earlier batches whose commit failed, relayed with this one once stored.
+    held: list[_Out] = field(default_factory=list)
     relayed: anyio.Event = field(default_factory=anyio.Event)
     arrived: float = 0.0  # time.monotonic() when its oldest message came in (metrics)
 
@@ -321,6 +325,11 @@ class Room(anyio.AsyncContextManagerMixin):
         self._origin: Origin | None = None
         self._pending_updates: list[tuple[bytes, Origin | None]] = []
         self._outgoing: list[_Out] = []
+        # Updates whose commit failed, and what their batches were to send: written again
+        # with the next commit, relayed only once stored (durable before relayed).
+        self._unstored: list[tuple[bytes, Origin | None]] = []
+        self._held: list[_Out] = []
+        self._retry_scheduled = False
         self._tainted = False
         self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
         self.closing = False
@@ -701,13 +710,15 @@ class Room(anyio.AsyncContextManagerMixin):
         if self._tainted:
             self._purge()
         self._relay(self._outgoing, peers=True)
-        updates = self._pending_updates
+        updates = self._unstored + self._pending_updates
         commit = (self.updatelog.start_append(self.name, [u for u, _ in updates])
                   if updates and self.updatelog is not None else None)
         done = _Batch(
-            updates, commit, self._outgoing, [item for item in batch if isinstance(item, _Edit)]
+            updates, commit, self._outgoing, [item for item in batch if isinstance(item, _Edit)],
+            held=self._held,
         )
         self._pending_updates, self._outgoing = [], []
+        self._unstored, self._held = [], []
         done.arrived, self._arrived = self._arrived, 0.0
         return done
 
@@ -794,11 +805,18 @@ class Room(anyio.AsyncContextManagerMixin):
         """Relay a batch whose commit has ended; tell the listeners and the editors."""
         updates = batch.updates
         if batch.commit is not None and batch.commit.error is not None:
-            # The document and checkpoints still hold the updates; say it loudly.
+            # Not durable: relay nothing of it (a client that saw an update must find it
+            # after a crash). The document and the next checkpoint hold the updates; the
+            # next commit writes them again, and its success relays them.
             self.log.error("update log failed room=%s updates=%d", self.name, len(updates))
+            self._unstored[:0] = updates
+            self._held[:0] = batch.held + batch.outgoing
+            self._schedule_retry()
+        else:
+            self._relay(batch.held, peers=False)
+            self._relay(batch.outgoing, peers=False)
         self._batches += 1
         self._updates += len(updates)
-        self._relay(batch.outgoing, peers=False)
         metrics.relayed(batch.arrived, len(updates))
         if updates:
             for listener in list(self._listeners):
@@ -806,6 +824,21 @@ class Room(anyio.AsyncContextManagerMixin):
         for edit in batch.edits:
             edit.done.set()
         batch.relayed.set()
+
+    def _schedule_retry(self) -> None:
+        """Commit the unstored updates again soon, even if nothing else comes."""
+        if self._retry_scheduled or self._tg is None:
+            return
+        self._retry_scheduled = True
+
+        async def retry() -> None:
+            await anyio.sleep(COMMIT_RETRY)
+            self._retry_scheduled = False
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError,
+                                     anyio.ClosedResourceError):
+                self._inbox_send.send_nowait(_Edit(lambda doc: None, origin=None))  # type: ignore[arg-type]
+
+        self._tg.start_soon(retry)
 
     def _relay(self, outgoing: list[_Out], *, peers: bool) -> None:
         """Queue ``outgoing`` for the links to other nodes (``peers``) or for the clients."""

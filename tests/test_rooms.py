@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -480,3 +481,43 @@ async def test_an_edit_made_outside_the_loop_is_committed_then_relayed(tmp_path:
             replay.apply_update(row)
         assert str(replay.get("source", type=Text)) == "output"
         tg.cancel_scope.cancel()
+
+
+class FailingLog(UpdateLog):
+    """A real update log whose writes fail while ``failing`` is set (a full disk)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failing = False
+        self.failures = 0
+
+    def _write_rows(self, rows: list[tuple[str, bytes]]) -> None:
+        if self.failing:
+            self.failures += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._write_rows(rows)
+
+
+async def test_an_update_whose_commit_failed_is_not_relayed_until_it_is_stored(
+    tmp_path: Path,
+) -> None:
+    async with FailingLog(tmp_path / "u.sqlite") as log, Room("r", updatelog=log) as room, \
+            anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as a, peer(room, tg, MARIE) as b:
+            await room.flush()
+            log.failing = True
+            a.text += "typed on a full disk"
+            await until(lambda: "typed" in str(room.doc.get("source", type=Text)), room.doc)
+            await room.flush()  # its commit, and the retry behind the barrier, failed
+            assert log.failures >= 1
+            assert str(b.text) == ""  # never relayed while not durable
+            log.failing = False
+            # Written again without anything else coming; then, and only then, relayed.
+            await until(lambda: str(b.text) == "typed on a full disk", b.doc)
+            rows = await log._run(
+                lambda: log.db.execute("SELECT data FROM updates WHERE room = 'r'").fetchall()
+            )
+            replay = Doc()
+            for (row,) in rows:
+                replay.apply_update(row)
+            assert str(replay.get("source", type=Text)) == "typed on a full disk"
