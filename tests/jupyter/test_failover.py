@@ -118,6 +118,53 @@ async def test_kill_9_of_the_primary_then_failover_after_lock_expiry(
                     await eventually(saved)
                     nb = notebook.from_bytes(await einstein.files.read(info.id))
                     assert len(nb["cells"]) == 28
+                    # The new primary took in the dead one's last checkpoint: nothing twice.
+                    tokens = (" #from-1", " #from-2", " #while-1-is-dead")
+                    assert_once(tokens, "".join(c["source"] for c in nb["cells"]))
+                    assert_once(tokens, "".join((await p2.dump())["cells"]))
+
+
+def assert_once(tokens: Any, text: str) -> None:
+    """Every token is in ``text`` exactly once (not merely there: a duplicate fails)."""
+    counts = {token: text.count(token) for token in tokens}
+    assert all(n == 1 for n in counts.values()), counts
+
+
+async def test_a_linked_secondary_never_merges_the_primarys_checkpoints_again(
+    setup: Any, einstein: Session, tmp_path: Path, jupyter_env: Path
+) -> None:
+    """Two nodes of a site linked over many file polls and checkpoints: every token typed on
+    either node is in both nodes' documents and in the file exactly once."""
+    info, args = setup
+    args = (*args, "--MeshCollabApp.file_poll_interval=0.3")
+    async with jupyter_process(tmp_path, jupyter_env, name="node1", env=ENV, args=args) as n1:
+        room = await open_room(n1.url, "f.ipynb")
+        async with node_peer(ws(n1.url), room, {"token": TOKEN}) as p1:
+            await eventually(lambda: _held_by(einstein, info.id, n1.url))
+            async with jupyter_process(
+                tmp_path, jupyter_env, name="node2", env=ENV, args=args
+            ) as n2:
+                await open_room(n2.url, "f.ipynb")
+                async with node_peer(ws(n2.url), room, {"token": TOKEN}) as p2:
+                    tokens: list[str] = []
+                    for i in range(6):  # each round: a checkpoint, several polls of node 2
+                        for peer, cell in ((p1, 0), (p2, 1)):
+                            token = f" tk-{cell}-{i}"
+                            tokens.append(token)
+                            await peer.send(op="append", cell=cell, text=token)
+
+                        async def checkpointed() -> bool:
+                            data = (await einstein.files.read(info.id)).decode()
+                            return all(t in data for t in tokens)
+
+                        await eventually(checkpointed)
+                    for peer in (p1, p2):
+                        state = await peer.until(
+                            lambda d: all(t in "".join(d["cells"]) for t in tokens))
+                        assert_once(tokens, "".join(state["cells"]))
+                    nb = notebook.from_bytes(await einstein.files.read(info.id))
+                    assert_once(tokens, "".join(c["source"] for c in nb["cells"]))
+                    assert len(nb["cells"]) == 28
 
 
 async def _held_by(einstein: Session, rid: Any, url: str) -> str:
