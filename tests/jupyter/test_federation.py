@@ -405,6 +405,30 @@ async def test_three_nodes_two_sites_converge(
             assert states[0] == states[1] == states[2] and len(states[0]) == 28
             status = [s["mesh"] for s in (await p2.dump())["awareness"] if "mesh" in s]
             assert status[0]["lock"] == "linked" and mesh.a.url.rstrip("/") in status[0]["holder"]
+            # A second round after the primary checkpointed the first: every token on every
+            # node and in the file exactly once (a checkpoint taken in twice would not be).
+            tokens = [f" #node{k + 1}" for k in range(3)] + [f" #again{k + 1}" for k in range(3)]
+
+            async def saved_with(some: list[str]) -> None:
+                with anyio.fail_after(30):
+                    while True:
+                        data = (await mesh.einstein.files.read(mesh.rid)).decode()
+                        if all(t in data for t in some):
+                            return
+                        await anyio.sleep(0.2)  # storage has no change events
+
+            await saved_with(tokens[:3])
+            for k, peer in enumerate((p1, p2, p3)):
+                await peer.send(op="append", cell=k, text=tokens[3 + k])
+            await saved_with(tokens)
+            for peer in (p1, p2, p3):
+                state = await peer.until(lambda d: all(t in "".join(d["cells"]) for t in tokens))
+                text = "".join(state["cells"])
+                assert {t: text.count(t) for t in tokens} == dict.fromkeys(tokens, 1)
+            saved = "".join(
+                "".join(c["source"]) for c in json.loads(
+                    await mesh.einstein.files.read(mesh.rid))["cells"])
+            assert {t: saved.count(t) for t in tokens} == dict.fromkeys(tokens, 1)
 
 
 async def test_ctrl_s_at_the_replica_is_forwarded_to_the_home_node(
