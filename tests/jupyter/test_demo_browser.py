@@ -271,7 +271,10 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             await second.goto(f"{base}login")
             await second.fill("input[name=username]", "marie")
             await second.fill("input[name=password]", "radioactivity")
+            # The form posts, and the server redirects away from the login page: wait for
+            # that navigation to end before the next one (else the next one may be cut short).
             await second.click("button[type=submit]")
+            await second.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
             await second.wait_for_load_state()
             me = await second.goto(f"{base}api/me")
             assert me is not None and (await me.json())["identity"]["username"] == "marie"
