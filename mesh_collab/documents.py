@@ -701,6 +701,11 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         info = await self.store.stat(session)
         if info.etag == self._known_etag:
             return
+        lease = self._lease
+        if lease is not None and not await lease.confirm():
+            # Taken (or removed) since our last refresh: the file is the new holder's to
+            # take in. Two holders merging the same outside change would insert it twice.
+            return
         try:
             await self._absorb(await self.store.load(session))
         except ValueError as exc:

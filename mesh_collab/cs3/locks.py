@@ -191,6 +191,27 @@ class LockLease(anyio.AsyncContextManagerMixin):
         if self._on_lost is not None:
             self._on_lost(exc)
 
+    async def confirm(self) -> bool:
+        """Refresh the lock now: True if it is still ours (for another expiry), False if it
+        is lost (``lost`` is then set). Call it before acting on the belief that the lock is
+        ours, e.g. merging a file that changed: someone may have taken the lock since the
+        last refresh.
+
+        Raises:
+            StorageError: storage did not answer (the lease keeps retrying by itself).
+        """
+        if self.lost.is_set():
+            return False
+        expires = self._new_expiry()
+        lock = Lock(lock_id=self.lock_id, app_name=self.app_name, expiration=expires)
+        try:
+            await self._locks.refresh(self.ref, lock, existing_lock_id=self.lock_id)
+        except (errors.LockConflict, errors.NotFound, errors.PermissionDenied) as exc:
+            self._mark_lost(exc)
+            return False
+        self.expires_at = expires
+        return True
+
     async def _keep_alive(self) -> None:
         period = self.expiry / 3
         delay = period
