@@ -66,6 +66,8 @@ MATE = StorageOrigin("checkpoint")
 #: Compact the local log once this many updates accumulated (checked every COMPACT_CHECK s).
 COMPACT_EVERY = 1000
 COMPACT_CHECK = 5.0
+#: Seconds a closing room waits for its first lock attempt before its last checkpoint.
+LAST_LOCK_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,9 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
             on_saved=self._on_saved,
             log=self.log,
         )
+        self.checkpointer.set_enabled(False)  # until the lock is ours
+        #: Set once the first lock attempt has an answer (held, or somebody else's).
+        self._lock_decided = anyio.Event()
 
     # --- public --------------------------------------------------------------------------
 
@@ -261,6 +266,11 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 finally:
                     with anyio.move_on_after(30, shield=True):
                         await room.flush()
+                        if self.checkpointer.dirty and self._writer is not None:
+                            # Users who leave before the first lock is taken: their edits
+                            # go into this checkpoint, not only into the log.
+                            with anyio.move_on_after(LAST_LOCK_WAIT):
+                                await self._lock_decided.wait()
                         await self.checkpointer.flush()
                         await self._compact_now()
                     tg.cancel_scope.cancel()
@@ -524,6 +534,8 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
 
     def _set_lock_state(self, state: str, holder: str = "") -> None:
         self._lock_state, self._holder = state, holder
+        if state != "none":
+            self._lock_decided.set()
         self.checkpointer.set_enabled(state == "held")
         # Linked to another node of the mesh (it holds the lock): edit here, it writes.
         # Storage unreachable: edit here, write when it is back.

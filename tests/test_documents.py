@@ -374,11 +374,19 @@ async def test_a_checkpoint_of_another_node_is_applied_not_merged_again(
     async with node(tmp_path / "one") as server, anyio.create_task_group() as tg:
         async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
             append(a.nb.ycells[0], " tok-from-one")
+            nb_room = server.rooms[info.id]
+            await until(lambda: " tok-from-one" in str(nb_room.ynotebook.ycells[0]["source"]),
+                        nb_room.room.doc)
+            await nb_room.room.flush()
         tg.cancel_scope.cancel()
     two = dataclasses.replace(FAST, node_id="n2")
     async with node(tmp_path / "two", two) as server, anyio.create_task_group() as tg:
         async with client(server, tg, info.id, einstein, EINSTEIN, doc=keep) as a:
             append(a.nb.ycells[1], " tok-from-two")
+            nb_room = server.rooms[info.id]
+            await until(lambda: " tok-from-two" in str(nb_room.ynotebook.ycells[1]["source"]),
+                        nb_room.room.doc)
+            await nb_room.room.flush()
         tg.cancel_scope.cancel()
     saved = json.loads(await einstein.files.read(info.id))
     assert "".join(saved["cells"][1]["source"]).count(" tok-from-two") == 1
@@ -397,6 +405,34 @@ async def test_a_checkpoint_of_another_node_is_applied_not_merged_again(
     saved = (await einstein.files.read(info.id)).decode()
     for token in (" tok-from-one", " tok-from-two", " tok-offline"):
         assert saved.count(token) == 1, token
+
+
+async def test_edits_of_a_user_who_leaves_before_the_lock_is_taken_are_checkpointed(
+    tmp_path: Path, einstein: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow SetLock (a busy Reva): the user types and leaves before the node holds the
+    lock. The room's last checkpoint waits for the lock and writes the edit to the file
+    (before, it failed with "not holding the lock" and the edit stayed in the local log)."""
+    info = await put_notebook(einstein, "slowlock.ipynb", data_notebook("Running_Code.ipynb"))
+    set_lock = einstein.locks.set
+
+    async def slow_set(*args: Any, **kwargs: Any) -> Any:
+        await anyio.sleep(1.0)  # storage latency, not a wait for an outcome
+        return await set_lock(*args, **kwargs)
+
+    monkeypatch.setattr(einstein.locks, "set", slow_set)
+    async with node(tmp_path / "one") as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            append(a.nb.ycells[0], " tok-early")
+            nb_room = server.rooms[info.id]
+            await until(lambda: " tok-early" in str(nb_room.ynotebook.ycells[0]["source"]),
+                        nb_room.room.doc)
+            await nb_room.room.flush()
+            assert nb_room.lock_state == "none"  # the lock is still on its way
+        await eventually(lambda: _unlocked(einstein, info.id))
+        tg.cancel_scope.cancel()
+    saved = json.loads(await einstein.files.read(info.id))
+    assert "".join(saved["cells"][0]["source"]).count(" tok-early") == 1
 
 
 # --- the boundaries of one node ---------------------------------------------------------
