@@ -6,9 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,11 @@ from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Lock, Role
 from mesh_collab.cs3.store import META_LINEAGE
 from mesh_collab.documents import RoomSettings
-from mesh_collab.rooms import Identity
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
 from tests.data import NOTEBOOKS as DATA
+from tests.helpers import EINSTEIN, MARIE, append, client, eventually, until
 
-EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a")
-MARIE = Identity("marie", "Marie Curie", site="site-a")
 FAST = RoomSettings(
     site="site-a", node_id="n1", lock_expiry=3, quiet_period=0.2, max_interval=1.0,
     poll_interval=0.3,
@@ -42,70 +39,11 @@ def data_notebook(name: str) -> bytes:
     return (DATA / name).read_bytes()
 
 
-async def until(predicate: Callable[[], Any], *docs: Doc) -> None:
-    changed = anyio.Event()
-
-    def poke(_event: object) -> None:
-        changed.set()
-
-    subs = [(d, d.observe(poke)) for d in docs]
-    try:
-        with anyio.fail_after(10):
-            while not predicate():
-                await changed.wait()
-                changed = anyio.Event()
-    finally:
-        for d, s in subs:
-            d.unobserve(s)
-
-
-async def eventually(check: Callable[[], Any], *, every: float = 0.05) -> Any:
-    """Poll storage (which has no change events) until ``check()`` is truthy."""
-    with anyio.fail_after(10):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await anyio.sleep(every)
-
-
-def append(ycell: Any, text: str) -> None:
-    """Type ``text`` at the end of a cell (in place: assigning to the key would replace it)."""
-    source = ycell["source"]
-    source += text
-
-
-class Client:
-    def __init__(self) -> None:
-        self.doc = Doc()
-        self.nb = YNotebook(ydoc=self.doc)
-
-    def source(self, index: int) -> str:
-        return str(self.nb.ycells[index]["source"])
-
-
 @asynccontextmanager
 async def node(tmp_path: Path, settings: RoomSettings = FAST) -> AsyncIterator[CollabServer]:
     async with UpdateLog(tmp_path / "node" / "updates.sqlite") as log:
         async with CollabServer(updatelog=log, settings=settings, cleanup_delay=0.5) as server:
             yield server
-
-
-@asynccontextmanager
-async def client(
-    server: CollabServer, tg: Any, rid: Any, session: Session, who: Identity, *,
-    writable: bool = True, doc: Doc | None = None,
-) -> AsyncIterator[Client]:
-    server_end, client_end = memory_channel_pair(who.username)
-    tg.start_soon(partial(server.serve_document, rid, session, server_end, who, writable=writable))
-    c = Client()
-    if doc is not None:
-        c.doc, c.nb = doc, YNotebook(ydoc=doc)
-    async with Provider(c.doc, client_end) as provider:
-        with anyio.fail_after(10):
-            await provider.synced.wait()
-        yield c
-    await client_end.close()
 
 
 async def put_notebook(session: Session, name: str, content: bytes) -> Any:

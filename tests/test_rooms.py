@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
-from pycrdt import Doc, Provider, Text
+from pycrdt import Doc, Text
 
 from mesh_collab import protocol
 from mesh_collab.channel import MemoryChannel, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.rooms import Identity, Room
-from mesh_collab.updatelog import Commit, UpdateLog
-
-EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")
-MARIE = Identity("marie", "Marie Curie", site="site-a", user_id="site-a/marie")
-
-
-async def until(predicate: Callable[[], bool], *docs: Doc) -> None:
-    """Wait until ``predicate()`` holds, re-checking whenever one of ``docs`` changes."""
-    changed = anyio.Event()
-
-    def poke(_event: object) -> None:
-        changed.set()
-
-    subs = [(d, d.observe(poke)) for d in docs]
-    try:
-        with anyio.fail_after(5):
-            while not predicate():
-                await changed.wait()
-                changed = anyio.Event()
-    finally:
-        for d, s in subs:
-            d.unobserve(s)
-
-
-class Peer:
-    """A client of a room: a pycrdt Doc synced by pycrdt's own Provider over a channel."""
-
-    def __init__(self, channel: MemoryChannel) -> None:
-        self.channel = channel
-        self.doc = Doc()
-        self.text = self.doc.get("source", type=Text)
+from mesh_collab.updatelog import UpdateLog
+from tests.helpers import EINSTEIN, MARIE, GatedLog, peer, until
 
 
 @asynccontextmanager
@@ -54,20 +25,6 @@ async def room_with_log(tmp_path: Path) -> AsyncIterator[tuple[Room, UpdateLog]]
     async with UpdateLog(tmp_path / "updates.sqlite") as log:
         async with Room("room-1", updatelog=log) as room:
             yield room, log
-
-
-@asynccontextmanager
-async def peer(
-    room: Room, tg: anyio.abc.TaskGroup, identity: Identity, *, writable: bool = True
-) -> AsyncIterator[Peer]:
-    server_end, client_end = memory_channel_pair(identity.username)
-    tg.start_soon(partial(room.serve, server_end, identity, writable=writable))
-    p = Peer(client_end)
-    async with Provider(p.doc, client_end) as provider:
-        with anyio.fail_after(5):
-            await provider.synced.wait()
-        yield p
-    await client_end.close()
 
 
 async def test_two_editors_converge(tmp_path: Path) -> None:
@@ -96,26 +53,6 @@ async def test_an_update_is_in_the_log_before_anyone_sees_it(tmp_path: Path) -> 
                 replay.apply_update(row)
             assert str(replay.get("source", type=Text)) == "durable"
             assert stored is None or stored.updates
-
-
-class GatedLog(UpdateLog):
-    """A real update log whose commits wait until the test opens the gate."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.gate = anyio.Event()
-        self.waiting = anyio.Event()
-
-    def start_append(self, room: str, updates: list[bytes]) -> Commit:
-        self.waiting.set()
-        gate, commit = self.gate, super().start_append(room, updates)
-
-        class Gated(Commit):
-            async def wait(self) -> None:
-                await gate.wait()
-                await commit.wait()
-
-        return Gated()
 
 
 async def test_a_link_to_another_node_gets_updates_while_they_commit(tmp_path: Path) -> None:

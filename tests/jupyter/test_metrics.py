@@ -13,10 +13,10 @@ from mesh_collab import metrics, protocol
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from tests.data import NOTEBOOKS as DATA
+from tests.helpers import append
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.jupyter.test_federation import session_of, two_sites
 from tests.reliability.yclient import YClient
-from tests.test_documents import append
 
 KEYS = 15  # keystrokes per client
 

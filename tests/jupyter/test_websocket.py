@@ -12,7 +12,7 @@ from pycrdt import Text
 from mesh_collab import protocol
 from mesh_collab.jupyter.websocket import TornadoChannel
 from mesh_collab.rooms import Identity, Room
-from tests.test_rooms import GatedLog
+from tests.helpers import GatedLog
 from tests.test_updatelog import typed
 
 EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")

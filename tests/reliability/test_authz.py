@@ -23,10 +23,10 @@ import pytest
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role
+from tests.helpers import append
 from tests.jupyter.conftest import Node, NodeFactory
 from tests.reliability.conftest import DATA
 from tests.reliability.yclient import YClient
-from tests.test_documents import append
 
 PASSWORDS = {"einstein": "relativity", "marie": "radioactivity", "richard": "superfluidity"}
 LOGGERS = ("", "ServerApp", "MeshCollabApp", "tornado", "mesh_collab", "grpc", "httpx")

@@ -38,10 +38,10 @@ from mesh_collab.cs3.client import Session
 from mesh_collab.errors import ProtocolError
 from mesh_collab.rooms import Room
 from mesh_collab.updatelog import UpdateLog
+from tests.helpers import EINSTEIN, MARIE, peer, until
 from tests.jupyter.conftest import TOKEN, Node, NodeFactory
 from tests.reliability.conftest import DATA
 from tests.reliability.yclient import YClient
-from tests.test_rooms import EINSTEIN, MARIE, peer, until
 
 #: Scale of the randomised parts; MESH_COLLAB_HOSTILE_SCALE=10 for a long run.
 SCALE = int(os.environ.get("MESH_COLLAB_HOSTILE_SCALE", "1"))
@@ -370,7 +370,7 @@ async def test_flood_of_connections_and_oversized_frames(
                     for i in range(per_round):
                         flood.start_soon(attacker, i)
             # The healthy client is still served, and the room forgot every attacker.
-            from tests.test_documents import append
+            from tests.helpers import append
 
             append(good.nb.ycells[0], " still here")
             await good.flush()

@@ -26,8 +26,8 @@ from mesh_collab.cs3.models import Lock
 from mesh_collab.documents import APP_NAME, RoomSettings
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
+from tests.helpers import EINSTEIN, MARIE, append, client, eventually, until
 from tests.reliability.conftest import DATA
-from tests.test_documents import EINSTEIN, MARIE, append, client, eventually, until
 
 FAST = RoomSettings(
     site="site-a", node_id="n1", lock_expiry=3, quiet_period=0.2, max_interval=1.0,

@@ -23,9 +23,9 @@ import anyio
 import httpx
 
 from mesh_collab.cs3.client import CS3Client
+from tests.helpers import append
 from tests.reliability.conftest import DATA, gateway_process, node_process, soak_seconds
 from tests.reliability.yclient import YClient, until_all
-from tests.test_documents import append
 
 ROOMS = int(os.environ.get("MESH_COLLAB_SOAK_ROOMS", "20"))
 PER_ROOM = int(os.environ.get("MESH_COLLAB_SOAK_CLIENTS_PER_ROOM", "10"))

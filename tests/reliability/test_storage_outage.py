@@ -20,9 +20,9 @@ import httpx
 from mesh_collab import notebook
 from mesh_collab.cs3.client import CS3Client
 from mesh_collab.documents import APP_NAME
+from tests.helpers import append
 from tests.reliability.conftest import DATA, GatewayProcess, gateway_process, node_process
 from tests.reliability.yclient import YClient, until_all
-from tests.test_documents import append
 
 #: How long the gateway stays away (seconds): the outage is the thing tested.
 OUTAGE = 4.0
@@ -137,8 +137,8 @@ async def test_gateway_outage_longer_than_the_lock(tmp_path: Path) -> None:
 
 
 async def test_status_names_the_last_checkpoint(tmp_path: Path, einstein) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers import EINSTEIN, client
     from tests.reliability.test_lock_faults import StatusWatcher, node
-    from tests.test_documents import EINSTEIN, client
 
     info = await einstein.files.write(
         "/home/einstein/status.ipynb", (DATA / "test4.ipynb").read_bytes()

@@ -1,0 +1,129 @@
+"""Helpers the tests share: identities, waiting on documents and storage, and in-process
+clients of a room (pycrdt Docs synced by pycrdt's own Provider over memory channels)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from jupyter_ydoc import YNotebook
+from pycrdt import Doc, Provider, Text
+
+from mesh_collab.channel import MemoryChannel, memory_channel_pair
+from mesh_collab.cs3.client import Session
+from mesh_collab.rooms import Identity, Room
+from mesh_collab.server import CollabServer
+from mesh_collab.updatelog import Commit, UpdateLog
+
+EINSTEIN = Identity("einstein", "Albert Einstein", site="site-a", user_id="site-a/einstein")
+MARIE = Identity("marie", "Marie Curie", site="site-a", user_id="site-a/marie")
+
+
+async def until(predicate: Callable[[], Any], *docs: Doc) -> None:
+    """Wait until ``predicate()`` holds, re-checking whenever one of ``docs`` changes."""
+    changed = anyio.Event()
+
+    def poke(_event: object) -> None:
+        changed.set()
+
+    subs = [(d, d.observe(poke)) for d in docs]
+    try:
+        with anyio.fail_after(10):
+            while not predicate():
+                await changed.wait()
+                changed = anyio.Event()
+    finally:
+        for d, s in subs:
+            d.unobserve(s)
+
+
+async def eventually(check: Callable[[], Any], *, every: float = 0.05) -> Any:
+    """Poll storage (which has no change events) until ``check()`` is truthy."""
+    with anyio.fail_after(10):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await anyio.sleep(every)
+
+
+def append(ycell: Any, text: str) -> None:
+    """Type ``text`` at the end of a cell (in place: assigning to the key would replace it)."""
+    source = ycell["source"]
+    source += text
+
+
+class Client:
+    """A notebook client of a document room (see :func:`client`)."""
+
+    def __init__(self) -> None:
+        self.doc = Doc()
+        self.nb = YNotebook(ydoc=self.doc)
+
+    def source(self, index: int) -> str:
+        return str(self.nb.ycells[index]["source"])
+
+
+class Peer:
+    """A client of a room: a pycrdt Doc synced by pycrdt's own Provider over a channel."""
+
+    def __init__(self, channel: MemoryChannel) -> None:
+        self.channel = channel
+        self.doc = Doc()
+        self.text = self.doc.get("source", type=Text)
+
+
+@asynccontextmanager
+async def peer(
+    room: Room, tg: anyio.abc.TaskGroup, identity: Identity, *, writable: bool = True
+) -> AsyncIterator[Peer]:
+    server_end, client_end = memory_channel_pair(identity.username)
+    tg.start_soon(partial(room.serve, server_end, identity, writable=writable))
+    p = Peer(client_end)
+    async with Provider(p.doc, client_end) as provider:
+        with anyio.fail_after(5):
+            await provider.synced.wait()
+        yield p
+    await client_end.close()
+
+
+@asynccontextmanager
+async def client(
+    server: CollabServer, tg: Any, rid: Any, session: Session, who: Identity, *,
+    writable: bool = True, doc: Doc | None = None,
+) -> AsyncIterator[Client]:
+    server_end, client_end = memory_channel_pair(who.username)
+    tg.start_soon(partial(server.serve_document, rid, session, server_end, who, writable=writable))
+    c = Client()
+    if doc is not None:
+        c.doc, c.nb = doc, YNotebook(ydoc=doc)
+    async with Provider(c.doc, client_end) as provider:
+        with anyio.fail_after(10):
+            await provider.synced.wait()
+        yield c
+    await client_end.close()
+
+
+class GatedLog(UpdateLog):
+    """A real update log whose commits wait until the test opens the gate."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = anyio.Event()
+        self.waiting = anyio.Event()
+
+    def start_append(self, room: str, updates: list[bytes]) -> Commit:
+        self.waiting.set()
+        gate, commit = self.gate, super().start_append(room, updates)
+
+        class Gated(Commit):
+            async def wait(self) -> None:
+                await gate.wait()
+                await commit.wait()
+
+        return Gated()
