@@ -23,7 +23,8 @@ true}``).
 |      |                  | linking node keeps its edits in its log and shows the link refused |
 | 4415 | UNSUPPORTED_DOCUMENT | the file is not a notebook mesh_collab can open |
 | 4426 | PROTOCOL_VERSION | a peer speaks another federation protocol version |
-| 4429 | TOO_SLOW | the client does not read fast enough; its queue overflowed |
+| 4429 | TOO_SLOW | the client does not read fast enough; its queue overflowed (4096 |
+|      |          | messages or 64 MiB) |
 | 4500 | LOAD_FAILED | the document could not be loaded (storage unavailable), or serving the |
 |      |             | connection failed (an internal error, logged once at the node) |
 """

@@ -148,8 +148,13 @@ class Connection:
     announced: str = ""
     #: Set once the other side answered our sync request (its sync step 2 was processed).
     synced: anyio.Event | None = None
-    #: Messages in the outbox or being sent by the writer task.
+    #: Messages in the outbox or being sent by the writer task, and their bytes.
     queued: int = 0
+    queued_bytes: int = 0
+    #: The answer to its sync step 1 while not yet sent: a repeated request gets no second
+    #: one (the queued answer and the updates queued after it bring it up to date), so a
+    #: client that asks and never reads cannot fill the node's memory with copies.
+    reply_pending: bytes | None = None
     #: Set once we answered its sync step 1 (sent it our state). Before that it gets no
     #: document update: one would refer to items it does not have yet, and the answer
     #: carries every update applied until then anyway.
@@ -295,6 +300,8 @@ class Room(anyio.AsyncContextManagerMixin):
             rooms, tests).
         max_message_size: frames larger than this close their connection (bytes).
         outbox_size: messages queued for one client before it counts as too slow.
+        outbox_bytes: bytes queued for one client before it counts as too slow (one message
+            larger than this is still sent to a client with nothing queued).
         log: the logger.
     """
 
@@ -306,12 +313,14 @@ class Room(anyio.AsyncContextManagerMixin):
         updatelog: UpdateLog | None = None,
         max_message_size: int = 16 * 2**20,
         outbox_size: int = 4096,
+        outbox_bytes: int = 64 * 2**20,
         log: logging.Logger | None = None,
     ) -> None:
         self.name = name
         self.updatelog = updatelog
         self.max_message_size = max_message_size
         self.outbox_size = outbox_size
+        self.outbox_bytes = outbox_bytes
         self.log = log or logging.getLogger(__name__)
         self._doc = doc if doc is not None else Doc()
         self._subscription = self._doc.observe(self._on_transaction)
@@ -515,6 +524,9 @@ class Room(anyio.AsyncContextManagerMixin):
                 async for message in outbox:
                     await conn.channel.send(message)
                     conn.queued -= 1
+                    conn.queued_bytes -= len(message)
+                    if message is conn.reply_pending:
+                        conn.reply_pending = None
             except ChannelClosed:
                 pass  # the client went away; the connection ends below
         conn.end()
@@ -865,12 +877,18 @@ class Room(anyio.AsyncContextManagerMixin):
         metrics.COUNTS.sent_bytes += len(message)
         try:
             if conn.queued == 0 and conn.channel.send_nowait(message):
+                if message is conn.reply_pending:
+                    conn.reply_pending = None
                 return
         except ChannelClosed:
             return  # the connection is ending
+        if conn.queued and conn.queued_bytes + len(message) > self.outbox_bytes:
+            conn.kill(CloseCode.TOO_SLOW, "client too slow")
+            return
         try:
             conn.outbox.send_nowait(message)
             conn.queued += 1
+            conn.queued_bytes += len(message)
         except anyio.WouldBlock:
             conn.kill(CloseCode.TOO_SLOW, "client too slow")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -909,13 +927,16 @@ class Room(anyio.AsyncContextManagerMixin):
     def _handle_frame(self, conn: Connection, frame: protocol.Frame) -> None:
         kind = frame.kind
         if kind is protocol.Kind.SYNC_STEP1:
+            if conn.reply_pending is not None:
+                return
             try:
                 missing = self._doc.get_update(frame.payload)
             except ValueError as exc:
                 raise ProtocolError("bad state vector") from exc
             # Ahead of the updates still to be relayed: it covers them, and they may refer to
             # items only it brings.
-            self._outgoing.insert(0, _Out(protocol.sync_step2(missing), target=conn))
+            conn.reply_pending = reply = protocol.sync_step2(missing)
+            self._outgoing.insert(0, _Out(reply, target=conn))
             conn.answered = True
             if conn.peer is not None:
                 metrics.COUNTS.resync_bytes["sent"] += len(missing)

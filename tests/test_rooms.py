@@ -246,6 +246,56 @@ async def test_a_client_that_never_reads_is_closed_as_too_slow() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_a_client_asking_again_and_again_without_reading_gets_one_answer() -> None:
+    """A viewer sends sync step 1 five hundred times and never reads (the review's probe:
+    480 bytes raised the node's memory by 117 MiB, a full-state answer queued per request).
+    The room queues one answer; when the client reads at last, it gets that one answer and
+    then the edits made since, each once."""
+    async with Room("amplify") as room, anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as writer:
+            writer.text += "x" * 200_000
+            await until(lambda: len(str(room.doc.get("source", type=Text))) == 200_000,
+                        room.doc)
+            viewer_server, viewer = memory_channel_pair("viewer")
+            stuck, unread = anyio.create_memory_object_stream[bytes](0)
+            viewer_server._send = stuck
+            tg.start_soon(partial(room.serve, viewer_server, MARIE, writable=False))
+            ask = protocol.sync_step1(Doc().get_state())
+            for _ in range(500):
+                await viewer.send(ask)
+            writer.text += "!"  # relayed to the viewer after everything it asked for
+            answers = updates = 0
+            with anyio.fail_after(10):
+                while not updates:
+                    kind = protocol.parse(await unread.receive()).kind
+                    answers += kind is protocol.Kind.SYNC_STEP2
+                    updates += kind is protocol.Kind.UPDATE
+            assert answers == 1
+            unread.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reads_is_closed_at_its_byte_budget() -> None:
+    """Few large messages fill a slow client's outbox by bytes long before by count."""
+    async with Room("bytes", outbox_size=4096, outbox_bytes=100_000) as room, \
+            anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as writer:
+            slow_server, slow = memory_channel_pair("slow")
+            stuck, never_read = anyio.create_memory_object_stream[bytes](0)
+            slow_server._send = stuck
+            tg.start_soon(room.serve, slow_server, MARIE)
+            await slow.send(protocol.sync_step1(Doc().get_state()))
+            for n in range(1, 21):  # one relayed message each: the room has it before the next
+                writer.text += "y" * 10_000
+                await until(lambda n=n: len(str(room.doc.get("source", type=Text))) == n * 10_000,
+                            room.doc)
+            with anyio.fail_after(5):
+                await slow.closed.wait()
+            assert slow.close_code == CloseCode.TOO_SLOW
+            never_read.close()
+        tg.cancel_scope.cancel()
+
+
 async def test_edit_runs_in_the_room_and_reaches_clients() -> None:
     from mesh_collab.origins import StorageOrigin
 
