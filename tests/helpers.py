@@ -127,3 +127,16 @@ class GatedLog(UpdateLog):
                 await commit.wait()
 
         return Gated()
+
+
+def non_reading_client(
+    room: Room, tg: anyio.abc.TaskGroup, identity: Identity, *, writable: bool = True
+) -> tuple[MemoryChannel, anyio.abc.ObjectReceiveStream[bytes]]:
+    """A client of ``room`` that does not read: the room's sends to it block, as on a socket
+    whose reader stopped. Returns its end (to send from) and what the room sent it, unread
+    until the test reads it."""
+    server_end, client_end = memory_channel_pair(identity.username)
+    stuck, unread = anyio.create_memory_object_stream[bytes](0)
+    server_end._send = stuck
+    tg.start_soon(partial(room.serve, server_end, identity, writable=writable))
+    return client_end, unread

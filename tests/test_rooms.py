@@ -17,7 +17,7 @@ from mesh_collab.channel import MemoryChannel, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.rooms import Identity, Room
 from mesh_collab.updatelog import UpdateLog
-from tests.helpers import EINSTEIN, MARIE, GatedLog, peer, until
+from tests.helpers import EINSTEIN, MARIE, GatedLog, non_reading_client, peer, until
 
 
 @asynccontextmanager
@@ -229,11 +229,7 @@ async def test_update_with_unknown_dependencies_is_refused_and_purged(tmp_path: 
 async def test_a_client_that_never_reads_is_closed_as_too_slow() -> None:
     async with Room("slow", outbox_size=8) as room, anyio.create_task_group() as tg:
         async with peer(room, tg, EINSTEIN) as writer:
-            # A channel whose reader never reads: the room's sender blocks on it.
-            slow_server, slow = memory_channel_pair("slow")
-            stuck, never_read = anyio.create_memory_object_stream[bytes](0)
-            slow_server._send = stuck
-            tg.start_soon(room.serve, slow_server, MARIE)
+            slow, never_read = non_reading_client(room, tg, MARIE)
             # It asks for the document, as every client does, then never reads.
             await slow.send(protocol.sync_step1(Doc().get_state()))
             for i in range(200):
@@ -256,10 +252,7 @@ async def test_a_client_asking_again_and_again_without_reading_gets_one_answer()
             writer.text += "x" * 200_000
             await until(lambda: len(str(room.doc.get("source", type=Text))) == 200_000,
                         room.doc)
-            viewer_server, viewer = memory_channel_pair("viewer")
-            stuck, unread = anyio.create_memory_object_stream[bytes](0)
-            viewer_server._send = stuck
-            tg.start_soon(partial(room.serve, viewer_server, MARIE, writable=False))
+            viewer, unread = non_reading_client(room, tg, MARIE, writable=False)
             ask = protocol.sync_step1(Doc().get_state())
             for _ in range(500):
                 await viewer.send(ask)
@@ -280,10 +273,7 @@ async def test_a_client_that_never_reads_is_closed_at_its_byte_budget() -> None:
     async with Room("bytes", outbox_size=4096, outbox_bytes=100_000) as room, \
             anyio.create_task_group() as tg:
         async with peer(room, tg, EINSTEIN) as writer:
-            slow_server, slow = memory_channel_pair("slow")
-            stuck, never_read = anyio.create_memory_object_stream[bytes](0)
-            slow_server._send = stuck
-            tg.start_soon(room.serve, slow_server, MARIE)
+            slow, never_read = non_reading_client(room, tg, MARIE)
             await slow.send(protocol.sync_step1(Doc().get_state()))
             for n in range(1, 21):  # one relayed message each: the room has it before the next
                 writer.text += "y" * 10_000
