@@ -74,6 +74,20 @@ TEXT_FILE = DocumentKind(
     merge_into=textfile.merge_into,
 )
 
+def merged_change(state: bytes, kind_name: str, content: Any) -> tuple[list[bytes], bytes,
+                                                                       MergeStats]:
+    """Merge ``content`` (parsed file content) into a fork of ``state``: the updates that
+    make the change (empty when nothing differs), the fork's new state, and the merge
+    statistics. A pure function of plain data, so that the merge (seconds of CPU for a large
+    change) runs in a worker (:func:`mesh_collab.offload.run`), never on the event loop."""
+    fork = Doc()
+    fork.apply_update(state)
+    changes: list[bytes] = []
+    fork.observe(lambda event: changes.append(event.update))
+    stats = BY_NAME[kind_name].merge_into(fork, content)
+    return changes, fork.get_update(), stats
+
+
 #: Every (format, type) of a collaboration session, and the kind that serves it.
 BY_SESSION: dict[tuple[str, str], DocumentKind] = {
     ("json", "notebook"): NOTEBOOK,

@@ -33,19 +33,22 @@ _process_broken = False
 _prestarting: anyio.Event | None = None  # while prestart() starts a worker: set once it is up
 
 
-async def run(fn: Callable[[bytes], T], data: bytes) -> T:
-    """``fn(data)`` in a worker process if ``data`` is large, else in a worker thread.
+async def run(
+    fn: Callable[..., T], data: bytes, *args: object, threshold: int = PROCESS_THRESHOLD
+) -> T:
+    """``fn(data, *args)`` in a worker process if ``data`` has at least ``threshold``
+    bytes, else in a worker thread (``args`` must pickle too).
 
     If worker processes cannot be started here, it says so once and uses threads from then
     on (slower for the loop, same results).
     """
-    if len(data) >= PROCESS_THRESHOLD:
+    if len(data) >= threshold:
         if _prestarting is not None:
             await _prestarting.wait()  # rather than start a second worker beside it
-        done, result = await _in_process(fn, data)
+        done, result = await _in_process(fn, data, *args)
         if done:
             return cast(T, result)
-    return await anyio.to_thread.run_sync(fn, data)
+    return await anyio.to_thread.run_sync(fn, data, *args)
 
 
 async def prestart(fn: Callable[[bytes], object], data: bytes) -> None:
@@ -63,13 +66,16 @@ async def prestart(fn: Callable[[bytes], object], data: bytes) -> None:
         started.set()
 
 
-async def _in_process(fn: Callable[[bytes], T], data: bytes) -> tuple[bool, T | None]:
-    """``(True, fn(data))`` from a worker process, or ``(False, None)`` if there is none."""
+async def _in_process(
+    fn: Callable[..., T], data: bytes, *args: object
+) -> tuple[bool, T | None]:
+    """``(True, fn(data, *args))`` from a worker process, or ``(False, None)`` if there is
+    none."""
     global _process_broken
     if _process_broken:
         return False, None
     try:
-        return True, await anyio.to_process.run_sync(fn, data)
+        return True, await anyio.to_process.run_sync(fn, data, *args)
     except anyio.BrokenWorkerProcess as exc:
         _process_broken = True
         log.warning("worker processes unavailable, using threads: %s", exc)

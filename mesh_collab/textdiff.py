@@ -12,6 +12,8 @@ from difflib import SequenceMatcher
 
 from pycrdt import Text
 
+from mesh_collab import seqdiff
+
 __all__ = ["char_edits", "edit_text"]
 
 # Above this many compared characters, a changed block of lines is replaced as a whole.
@@ -39,8 +41,9 @@ def edit_text(ytext: Text, new: str) -> bool:
 def char_edits(old: str, new: str) -> Iterator[tuple[int, int, str]]:
     """Yield ``(start, end, replacement)`` code-point edits of ``old``, left to right.
 
-    A line diff first, then a character diff inside each changed block of lines, keeps the
-    cost near-linear for long sources while still touching only the changed characters.
+    A bounded line diff first (:mod:`mesh_collab.seqdiff`, O(n log n)), then a character
+    diff inside each changed block of lines up to ``_MAX_DIFF_WORK`` character pairs: long
+    sources cost near-linear time, and only the changed characters are touched.
     """
     prefix = 0
     limit = min(len(old), len(new))
@@ -57,8 +60,7 @@ def char_edits(old: str, new: str) -> Iterator[tuple[int, int, str]]:
     lines_a, lines_b = a.splitlines(keepends=True), b.splitlines(keepends=True)
     starts_a = _offsets(lines_a, prefix)
     starts_b = _offsets(lines_b, 0)
-    matcher = SequenceMatcher(None, lines_a, lines_b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in seqdiff.opcodes(lines_a, lines_b):
         if tag == "equal":
             continue
         start, end = starts_a[i1], starts_a[i2]

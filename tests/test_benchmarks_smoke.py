@@ -22,6 +22,7 @@ SCRIPTS = {
     "reconnect.py": "Reconnect after missing K updates",
     "checkpoint.py": "Checkpoint to the embedded CS3 gateway",
     "durability.py": "Updates per second a room accepts",
+    "merge.py": "Merging a changed notebook into a live room",
 }
 
 
