@@ -238,7 +238,9 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         if not info.writable:
             raise errors.PermissionDenied("viewers cannot restore", op="restore", ref=self.name)
         version = await self.store.parsed(await session.versions.read(self.resource_id, key))
-        _, stats = await self._merge_from(self.room.doc.get_update(), version, RESTORE)
+        result = await self._merge_from(self.room.doc.get_update(), version, RESTORE)
+        assert result is not None  # no fence: always applied
+        _, stats = result
         self.log.info("version restored through the room room=%s stats=%s", self.name, stats)
         return stats
 
@@ -407,13 +409,13 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         base = doc.get_update()
         await self.updatelog.reset(self.name, self.lineage, base)
         await self._set_base(base)
-        self._known_etag = stored.info.etag
         if stored.state is None or stored.state_matches:
             # Built from this very file, or from the state of exactly these bytes.
-            self._known_sha = stored.sha256
+            self._known_etag, self._known_sha = stored.info.etag, stored.sha256
             return doc, None
+        # Changed outside since the state was taken: merged by the lock holder.
         self._known_sha = stored.state_sha256 or ""
-        return doc, stored  # changed outside since the state was taken: merge it
+        return doc, stored
 
     async def _doc_from(self, stored: StoredDocument) -> Doc:
         if stored.state is not None and stored.lineage:
@@ -461,10 +463,24 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 await self._set_base(stored.state)  # type: ignore[arg-type]
                 self.log.info("applied a checkpoint of the lineage room=%s", self.name)
             else:
+                if not self._holds_lock():
+                    # Only the lock holder merges a change made outside (two nodes merging
+                    # it would insert it twice). Not marked as known: the holder, or this
+                    # room once it holds the lock, takes it in.
+                    self.log.info("file changed outside, left to the lock holder room=%s",
+                                  self.name)
+                    return
                 base = stored.state if mate else await self._get_base()
                 assert base is not None
                 parsed = await self.store.parsed(stored.data)
-                merged, stats = await self._merge_from(base, parsed, StorageOrigin("external"))
+                result = await self._merge_from(
+                    base, parsed, StorageOrigin("external"), fence=self._holds_lock
+                )
+                if result is None:
+                    self.log.info("lock lost during the merge, left to the new holder room=%s",
+                                  self.name)
+                    return
+                merged, stats = result
                 await self._set_base(merged)
                 metrics.COUNTS.absorbed["external"] += 1
                 self.log.info("merged the file's changes room=%s stats=%s", self.name, stats)
@@ -496,25 +512,36 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         return base if base is not None else self.room.doc.get_update()
 
     async def _merge_from(
-        self, state: bytes, nb: Any, origin: Origin
-    ) -> tuple[bytes, notebook.MergeStats]:
+        self, state: bytes, nb: Any, origin: Origin, *, fence: Callable[[], bool] | None = None
+    ) -> tuple[bytes, notebook.MergeStats] | None:
         """Edit the live document by the change that turns ``state`` into ``nb``.
 
         The change is computed on a fork of ``state``, off the event loop (a large change
         costs seconds of CPU), and applied to the live document as a concurrent edit.
-        Returns the fork's new state and the merge statistics.
+        Returns the fork's new state and the merge statistics; None, with nothing applied,
+        when ``fence`` says no at the moment the change would be applied (the lock was lost
+        while the merge was computed: the process may have been frozen meanwhile).
         """
         changes, merged, stats = await offload.run(
             merged_change, state, self.kind.name, nb, threshold=MERGE_IN_PROCESS
         )
 
-        def apply(doc: Doc) -> None:
+        def apply(doc: Doc) -> bool:
+            if fence is not None and not fence():
+                return False
             for update in changes:
                 doc.apply_update(update)
+            return True
 
-        if changes:
-            await self.room.edit(apply, origin)
+        if changes and not await self.room.edit(apply, origin):
+            return None
         return merged, stats
+
+    def _holds_lock(self) -> bool:
+        """Whether this room holds the Reva lock now, by its own clock (a frozen process
+        wakes up with an expired lease)."""
+        lease = self._lease
+        return self._lock_state == "held" and lease is not None and lease.held
 
     # --- lock --------------------------------------------------------------------------------
 
