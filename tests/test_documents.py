@@ -192,6 +192,65 @@ async def test_external_change_is_merged_with_concurrent_edits(
         tg.cancel_scope.cancel()
 
 
+async def test_an_outside_change_met_after_the_lock_was_lost_is_left_to_the_next_holder(
+    tmp_path: Path, einstein: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is on its way when another application takes the lock, writes the file
+    and lets go. The room's write meets the new file (etag mismatch) after its lease is
+    lost: it must not merge that change (with two nodes, the next holder merges it too, and
+    it is in the notebook twice), but leave it to whoever holds the lock next; here, the
+    room itself once it takes the lock back, and the change is then in exactly once."""
+    info = await put_notebook(einstein, "late.ipynb", data_notebook("Running_Code.ipynb"))
+    set_lock = einstein.locks.set
+    may_lock = [anyio.Event()]  # replaced by an unset one while the room must not lock
+    may_lock[0].set()
+
+    async def gated_set(*args: Any, **kwargs: Any) -> Any:
+        await may_lock[0].wait()
+        return await set_lock(*args, **kwargs)
+
+    monkeypatch.setattr(einstein.locks, "set", gated_set)
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            await eventually(lambda: _is(nb_room, "held"))
+            save = nb_room.store.save
+            attempted = anyio.Event()
+
+            async def save_after_a_theft(*args: Any, **kwargs: Any) -> Any:
+                nb_room.store.save = save  # once
+                may_lock[0] = anyio.Event()  # the room cannot take the lock back meanwhile
+                ours = await einstein.locks.get(info.id)
+                await einstein.locks.unlock(info.id, ours)
+                thief = Lock("office-1", app_name="office",
+                             expiration=float(int(time.time() + 60)))
+                await set_lock(info.id, thief)
+                disk = json.loads(await einstein.files.read(info.id))
+                disk["cells"][2]["source"] = "OUTSIDE " + "".join(disk["cells"][2]["source"])
+                await einstein.files.write(info.id, notebook.to_bytes(disk), lock=thief)
+                await einstein.locks.unlock(info.id, thief)
+                await eventually(lambda: _not_held(nb_room) or _is(nb_room, "none"))
+                try:
+                    return await save(*args, **kwargs)
+                finally:
+                    attempted.set()
+
+            monkeypatch.setattr(nb_room.store, "save", save_after_a_theft)
+            append(a.nb.ycells[0], " tok-live")  # a checkpoint is due soon
+            with anyio.fail_after(10):
+                await attempted.wait()
+            async with nb_room._storage_lock:  # that checkpoint attempt is over
+                assert "OUTSIDE" not in str(nb_room.ynotebook.ycells[2]["source"])
+            may_lock[0].set()
+            await until(lambda: a.source(2).startswith("OUTSIDE "), a.doc)
+            await nb_room.room.flush()
+        await eventually(lambda: _unlocked(einstein, info.id))
+        tg.cancel_scope.cancel()
+    saved = (await einstein.files.read(info.id)).decode()
+    assert saved.count("OUTSIDE ") == 1
+    assert saved.count(" tok-live") == 1
+
+
 async def test_viewer_share_is_read_only(
     tmp_path: Path, einstein: Session, marie: Session
 ) -> None:
