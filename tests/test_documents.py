@@ -17,7 +17,7 @@ import pytest
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Provider
 
-from mesh_collab import notebook
+from mesh_collab import errors, notebook
 from mesh_collab.channel import ChannelClosed, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
@@ -249,6 +249,52 @@ async def test_an_outside_change_met_after_the_lock_was_lost_is_left_to_the_next
     saved = (await einstein.files.read(info.id)).decode()
     assert saved.count("OUTSIDE ") == 1
     assert saved.count(" tok-live") == 1
+
+
+async def test_a_checkpoint_whose_answer_was_lost_is_recognised_not_merged_again(
+    tmp_path: Path, einstein: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload of a checkpoint reaches storage but its answer is lost (a deadline): the
+    room retries, meets a file it does not know, and must recognise its own checkpoint by
+    the state stored for exactly those bytes, not merge it as a change made outside (which
+    would insert the new text a second time)."""
+    info = await put_notebook(einstein, "lost-answer.ipynb", data_notebook("Running_Code.ipynb"))
+    write = einstein.files.write
+    armed = anyio.Event()
+    failed = anyio.Event()
+
+    async def write_and_lose_the_answer(ref: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await write(ref, *args, **kwargs)
+        if armed.is_set() and ref == info.id and not failed.is_set():
+            failed.set()
+            raise errors.StorageError("deadline exceeded", op="PUT", code="DEADLINE")
+        return result
+
+    monkeypatch.setattr(einstein.files, "write", write_and_lose_the_answer)
+    async with node(tmp_path) as server, anyio.create_task_group() as tg:
+        async with client(server, tg, info.id, einstein, EINSTEIN) as a:
+            nb_room = server.rooms[info.id]
+            append(a.nb.ycells[0], " tok-first")
+            await eventually(lambda: _file_has(einstein, info.id, " tok-first"))
+            armed.set()
+            append(a.nb.ycells[1], " tok-second")
+            with anyio.fail_after(10):
+                await failed.wait()
+            await nb_room.room.flush()
+            await eventually(lambda: _saved_all(einstein, nb_room, " tok-second"))
+            assert str(nb_room.ynotebook.ycells[1]["source"]).count(" tok-second") == 1
+        tg.cancel_scope.cancel()
+    saved = (await einstein.files.read(info.id)).decode()
+    assert saved.count(" tok-first") == 1
+    assert saved.count(" tok-second") == 1
+
+
+async def _file_has(session: Session, rid: Any, text: str) -> bool:
+    return text in (await session.files.read(rid)).decode()
+
+
+async def _saved_all(session: Session, nb_room: Any, text: str) -> bool:
+    return not nb_room.checkpointer.dirty and await _file_has(session, nb_room.resource_id, text)
 
 
 async def test_viewer_share_is_read_only(

@@ -2,22 +2,27 @@
 
 A checkpoint writes two things:
 
-* the file itself, a valid ``.ipynb`` or the text as typed (so every other tool sees a
+* the CRDT state of the document (its *lineage*) in a hidden sidecar file beside it, named
+  after the file's opaque id (a rename does not lose it) and after the sha256 of the file
+  content it is the state of: ``.~mesh_collab.<opaque_id>.<sha256[:32]>.ystate``. The
+  sidecar starts with a small header that repeats that sha256 and the lineage id;
+* then the file itself, a valid ``.ipynb`` or the text as typed (so every other tool sees a
   normal file, and CS3 keeps each checkpoint as a version), under our lock and only if the
   etag is still the one we last saw;
-* the CRDT state of the document (its *lineage*) in a hidden sidecar file beside it, named
-  after the file's opaque id so that a rename does not lose it:
-  ``.~mesh_collab.<opaque_id>.ystate``. The file's CS3 arbitrary metadata points to the
-  sidecar and says which file content the state matches:
+* then the file's CS3 arbitrary metadata says which content the last checkpoint wrote, and
+  the previous checkpoint's sidecar is deleted:
 
   ============================  =============================================
-  ``mesh_collab.state``         resource id of the sidecar
   ``mesh_collab.lineage``       the lineage id of the CRDT history
-  ``mesh_collab.sha256``        sha256 of the file bytes the state matches
+  ``mesh_collab.sha256``        sha256 of the file bytes of the last checkpoint
   ============================  =============================================
 
-Any node, at any site, can then recover the lineage: load the state, and if the file's
-sha256 differs (someone changed it outside mesh_collab), merge the file into it. Where the
+A reader finds the state of the file's very bytes by their sha256, whatever point of a
+checkpoint the writer has reached (or died at): a checkpoint is never mistaken for a change
+made outside, which a merge would insert a second time. When no sidecar is of these bytes
+(someone changed the file outside mesh_collab), the last checkpoint's state is the base of
+the three-way merge. Sidecars are only ever looked up by these names beside the file, never
+by a pointer that storage data could aim elsewhere, and are read up to a size cap. Where the
 writer may not create files beside the document (a single-file share), the sidecar is
 skipped with a warning; the node's local update log still holds the lineage.
 """
@@ -25,6 +30,7 @@ skipped with a warning; the node's local update log still holds the lineage.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import posixpath
 from collections.abc import Callable
@@ -38,10 +44,10 @@ from mesh_collab.resources import ResourceId
 
 log = logging.getLogger(__name__)
 
-META_STATE = "mesh_collab.state"
 META_LINEAGE = "mesh_collab.lineage"
 META_SHA = "mesh_collab.sha256"
 SIDECAR_PREFIX = ".~mesh_collab."
+_SIDECAR_MAGIC = b"mesh_collab.ystate.1\n"
 
 
 def sha256(data: bytes) -> str:
@@ -130,28 +136,47 @@ class CS3DocumentStore:
         return info, await session.files.read(self.resource_id)
 
     async def load(self, session: Session) -> StoredDocument:
-        """Read the file's bytes and, when there is one, its checkpointed CRDT state.
+        """Read the file's bytes and, when there is one, its checkpointed CRDT state: the
+        state of exactly these bytes, else that of the last checkpoint.
 
         Raises:
             ValueError: a folder, or too large.
             StorageError: the file cannot be read.
         """
         info, data = await self.read_bytes(session)
-        state = None
-        pointer = info.metadata.get(META_STATE)
-        if pointer:
-            try:
-                state = await session.files.read(ResourceId.parse(pointer))
-            except (errors.NotFound, errors.PermissionDenied, ValueError) as exc:
-                log.warning("crdt state unreadable ref=%s error=%s", self.resource_id, exc)
+        digest = sha256(data)
+        found = await self._read_sidecar(session, info, digest)
+        recorded = info.metadata.get(META_SHA, "")
+        if found is None and recorded and recorded != digest:
+            found = await self._read_sidecar(session, info, recorded)
         return StoredDocument(
             info=info,
             data=data,
-            sha256=sha256(data),
-            state=state,
-            lineage=info.metadata.get(META_LINEAGE) if state is not None else None,
-            state_sha256=info.metadata.get(META_SHA) if state is not None else None,
+            sha256=digest,
+            state=found[1] if found else None,
+            lineage=found[0] if found else None,
+            state_sha256=found[2] if found else None,
         )
+
+    async def _read_sidecar(self, session: Session, info: FileInfo, digest: str
+                            ) -> tuple[str, bytes, str] | None:
+        """``(lineage, state, sha256)`` of the sidecar of the content ``digest``, or None
+        when there is none (or it is unreadable, too large, or not what its name says)."""
+        path = _sidecar_path(info, digest)
+        try:
+            stat = await session.files.stat(path)
+            if stat.size > 4 * self.max_size:
+                raise ValueError(f"sidecar too large: {stat.size} bytes")
+            lineage, state, of = _parse_sidecar(await session.files.read(path))
+        except errors.NotFound:
+            return None
+        except (errors.PermissionDenied, ValueError) as exc:
+            log.warning("crdt state unreadable ref=%s error=%s", self.resource_id, exc)
+            return None
+        if of != digest:
+            log.warning("crdt state of other content ignored ref=%s", self.resource_id)
+            return None
+        return lineage, state, of
 
     async def save(
         self,
@@ -179,17 +204,30 @@ class CS3DocumentStore:
             StorageError: any other failure.
         """
         digest = sha256(data)
-        info = await session.files.write(self.resource_id, data, lock=lock, if_match=if_match)
+        before = await session.files.stat(self.resource_id)
+        if if_match and before.etag != if_match:
+            raise errors.Conflict("etag mismatch", op="checkpoint", ref=str(self.resource_id),
+                                  code="etag")
         lock_id = lock.lock_id if lock else ""
+        previous = before.metadata.get(META_SHA, "")
         try:
-            sidecar = await self._write_sidecar(session, info, state)
-            await session.files.set_metadata(
-                self.resource_id,
-                {META_STATE: str(sidecar.id), META_LINEAGE: lineage, META_SHA: digest},
-                lock_id=lock_id,
-            )
+            # The state first: a reader who meets the new file finds the state of its bytes.
+            await session.files.write(_sidecar_path(before, digest),
+                                      _sidecar_bytes(digest, lineage, state),
+                                      disable_versioning=True)
         except (errors.PermissionDenied, errors.QuotaExceeded) as exc:
             log.warning("crdt state not stored beside ref=%s error=%s", self.resource_id, exc)
+        # A failed upload leaves that sidecar behind: the upload may have reached storage
+        # (an answer lost on the way back), and then the file's state is in it.
+        info = await session.files.write(self.resource_id, data, lock=lock, if_match=if_match)
+        try:
+            await session.files.set_metadata(
+                self.resource_id, {META_LINEAGE: lineage, META_SHA: digest}, lock_id=lock_id
+            )
+        except (errors.PermissionDenied, errors.QuotaExceeded) as exc:
+            log.warning("checkpoint metadata not stored ref=%s error=%s", self.resource_id, exc)
+        if previous and previous != digest:
+            await self._delete_sidecar(session, before, previous)
         # Metadata writes may change the etag: learn the one we will compare against, unless
         # the content changed too (another writer came after our upload): then keep our
         # upload's, so that the next look at the file sees that write as a change.
@@ -198,7 +236,39 @@ class CS3DocumentStore:
             info = after
         return info, digest
 
-    async def _write_sidecar(self, session: Session, info: FileInfo, state: bytes) -> FileInfo:
-        folder = posixpath.dirname(info.path)
-        path = posixpath.join(folder, f"{SIDECAR_PREFIX}{info.id.opaque_id}.ystate")
-        return await session.files.write(path, state, disable_versioning=True)
+    async def _delete_sidecar(self, session: Session, info: FileInfo, digest: str) -> None:
+        try:
+            await session.files.delete(_sidecar_path(info, digest))
+        except errors.StorageError as exc:
+            # Litter, not harm: a sidecar is only read for the content its name gives.
+            log.info("old crdt state not deleted ref=%s error=%s", self.resource_id, exc)
+
+
+def _sidecar_path(info: FileInfo, digest: str) -> str:
+    folder = posixpath.dirname(info.path)
+    return posixpath.join(folder, f"{SIDECAR_PREFIX}{info.id.opaque_id}.{digest[:32]}.ystate")
+
+
+def _sidecar_bytes(digest: str, lineage: str, state: bytes) -> bytes:
+    header = json.dumps({"sha256": digest, "lineage": lineage}).encode()
+    return _SIDECAR_MAGIC + len(header).to_bytes(4, "big") + header + state
+
+
+def _parse_sidecar(data: bytes) -> tuple[str, bytes, str]:
+    """``(lineage, state, sha256 of the content it is the state of)``.
+
+    Raises:
+        ValueError: not a sidecar.
+    """
+    if not data.startswith(_SIDECAR_MAGIC):
+        raise ValueError("not a mesh_collab state file")
+    at = len(_SIDECAR_MAGIC)
+    size = int.from_bytes(data[at : at + 4], "big")
+    try:
+        header = json.loads(data[at + 4 : at + 4 + size])
+        lineage, digest = header["lineage"], header["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"bad state file header: {exc}") from None
+    if not isinstance(lineage, str) or not lineage or not isinstance(digest, str):
+        raise ValueError("bad state file header")
+    return lineage, data[at + 4 + size :], digest
