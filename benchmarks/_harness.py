@@ -72,7 +72,7 @@ def gateway(root: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """Start ``mesh-collab gateway`` on free ports; return the process and its addresses."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "gateway",
-         "--root", str(root), "--port", "0", "--data-port", "0"],
+         "--root", str(root), "--port", "0", "--data-port", "0", "--demo-users"],
         stdout=subprocess.PIPE,
         text=True,
     )

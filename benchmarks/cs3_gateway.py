@@ -98,7 +98,7 @@ async def run(session: Session, seconds: float, quick: bool) -> dict[str, float]
 def start_gateway(root: str, profile: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh_collab", "--log-level", "WARNING", "gateway",
-         "--root", root, "--port", "0", "--lock-profile", profile],
+         "--root", root, "--port", "0", "--lock-profile", profile, "--demo-users"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -2,8 +2,10 @@
 
 Subcommands live in :data:`SUBCOMMANDS` (name → (configure parser, run)); today:
 
-``mesh-collab gateway``
-    Run the embedded CS3 gateway. Prints one JSON line on stdout once both servers listen::
+``mesh-collab gateway (--users FILE | --demo-users)``
+    Run the embedded CS3 gateway. Without either option it refuses to start (exit code 2):
+    the demo users' passwords are public. Prints one JSON line on stdout once both servers
+    listen::
 
         {"grpc": "127.0.0.1:19000", "http": "http://127.0.0.1:40124", "site": "site-a",
          "domain": "127.0.0.1:40124"}
@@ -49,9 +51,12 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                         help="HTTP port (data gateway, OCM), 0 for a free one (default 0)")
     parser.add_argument("--root", type=Path, default=Path("mesh-collab-data"),
                         help="folder for files and metadata (default ./%(default)s)")
-    parser.add_argument("--users", type=Path, default=None,
-                        help="Reva-style users.json (default: demo users einstein, marie, "
-                             "richard)")
+    users = parser.add_mutually_exclusive_group()
+    users.add_argument("--users", type=Path, default=None,
+                       help="Reva-style users.json (secrets in clear or 'argon2:' hashes)")
+    users.add_argument("--demo-users", action="store_true",
+                       help="serve the demo users einstein, marie and richard, whose "
+                            "passwords are public (relativity, radioactivity, superfluidity)")
     parser.add_argument("--site", default="site-a", help="site name (default %(default)s)")
     parser.add_argument("--lock-profile", choices=("eos", "edge"), default="eos",
                         help="lock rules of Reva master/EOS or edge (default %(default)s)")
@@ -61,7 +66,12 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from mesh_collab.cs3.gateway import EmbeddedGateway
+    from mesh_collab.cs3.gateway.users import UsersFileError
 
+    if args.users is None and not args.demo_users:
+        log.error("no users: pass --users FILE (a Reva-style users.json), or --demo-users "
+                  "for the demo users, whose passwords are public")
+        return 2
     gateway = EmbeddedGateway(
         root=args.root, site=args.site, host=args.host, port=args.port,
         data_port=args.data_port, users=args.users, lock_profile=args.lock_profile,
@@ -69,14 +79,18 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     )
     # Receive signals before announcing readiness: a supervisor may signal at once.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with gateway:
-            line = {"grpc": gateway.grpc_address, "http": gateway.http_url,
-                    "site": gateway.site, "domain": gateway.domain}
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
-            async for signum in signals:
-                log.info("received %s, stopping", signal.Signals(signum).name)
-                break
+        try:
+            async with gateway:
+                line = {"grpc": gateway.grpc_address, "http": gateway.http_url,
+                        "site": gateway.site, "domain": gateway.domain}
+                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.flush()
+                async for signum in signals:
+                    log.info("received %s, stopping", signal.Signals(signum).name)
+                    break
+        except UsersFileError as exc:
+            log.error("cannot start gateway: %s", exc)
+            return 1
     return 0
 
 

@@ -11,7 +11,7 @@ true}``).
 | 1000 | NORMAL | the server or client ended the connection normally |
 | 1001 | GOING_AWAY | the node shuts down; reconnect later |
 | 1003 | UNKNOWN_SESSION | the client's session belongs to another document lineage: reload |
-| 1009 | MESSAGE_TOO_BIG | a frame over the configured size limit |
+| 1009 | MESSAGE_TOO_BIG | a frame over the configured size limit (``max_message_size``) |
 | 4205 | RESET_CONNECTION | an undecodable, truncated or unknown message, or an update |
 |      |                  | that refers to items the document does not have |
 | 4400 | BAD_REQUEST | a malformed room id, or a room of an unsupported kind |
@@ -21,10 +21,15 @@ true}``).
 | 4409 | LINEAGE_MISMATCH | a linking node holds another lineage (CRDT history) of the document |
 |      |                  | than the node it links to: the link is refused, never merged; the |
 |      |                  | linking node keeps its edits in its log and shows the link refused |
+| 4413 | AWARENESS_TOO_LARGE | a browser's presence (awareness) would hold more client ids (4) |
+|      |                     | or bytes (128 KiB) than one connection may; its presence is |
+|      |                     | removed for everybody, the document is not affected |
 | 4415 | UNSUPPORTED_DOCUMENT | the file is not a notebook mesh_collab can open |
 | 4426 | PROTOCOL_VERSION | a peer speaks another federation protocol version |
 | 4429 | TOO_SLOW | the client does not read fast enough; its queue overflowed (4096 |
 |      |          | messages or 64 MiB) |
+| 4430 | USER_LIMIT | the user already has as many connections (64) or open documents |
+|      |            | (32) on this node as one user may; other users are not affected |
 | 4500 | LOAD_FAILED | the document could not be loaded (storage unavailable), or serving the |
 |      |             | connection failed (an internal error, logged once at the node) |
 """
@@ -47,7 +52,9 @@ class CloseCode(enum.IntEnum):
     FORBIDDEN = 4403
     NOT_FOUND = 4404
     LINEAGE_MISMATCH = 4409
+    AWARENESS_TOO_LARGE = 4413
     UNSUPPORTED_DOCUMENT = 4415
     PROTOCOL_VERSION = 4426
     TOO_SLOW = 4429
+    USER_LIMIT = 4430
     LOAD_FAILED = 4500

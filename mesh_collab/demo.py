@@ -91,8 +91,11 @@ async def jupyter_lab(
     """Run ``jupyter lab`` for one site until the context exits; yield (url, token)."""
     token = secrets.token_hex(16)
     runtime = root / "runtime"
+    # 0700 (also when left by an older run): the runtime folder gets the server's token
+    # (jpserver-*-open.html).
     for sub in ("runtime", "config", "data", "lab-root"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / sub).chmod(0o700)
     env = {
         **os.environ,
         "JUPYTER_RUNTIME_DIR": str(runtime),
@@ -100,7 +103,9 @@ async def jupyter_lab(
         "MESH_COLLAB_CS3_PASSWORD": PASSWORDS[spec.user],
     }
     args = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+        sys.executable, "-m", "jupyter", "lab", "--no-browser",
+        # Jupyter refuses to run as root without it (a container); never asked otherwise.
+        *(["--allow-root"] if os.geteuid() == 0 else []),
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={spec.lab_port}",
         "--ServerApp.port_retries=0",
         f"--ServerApp.root_dir={root / 'lab-root'}",
@@ -115,7 +120,9 @@ async def jupyter_lab(
         # The mesh directory is written once every node's address is known.
         f"--MeshCollabApp.peers=@{peers_file}",
     ]
-    log_file = (root / "jupyter.log").open("wb")
+    # 0600: the server logs its URL with the token.
+    log_path = str(root / "jupyter.log")
+    log_file = os.fdopen(_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
     process = await anyio.open_process(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         url = await _announced_url(runtime, process, root / "jupyter.log")
@@ -193,6 +200,12 @@ async def run(args: argparse.Namespace) -> int:
         SiteSpec("site-b", "marie", *((base + 10, base + 11, base + 12) if base else (0, 0, 0))),
     ]
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="mesh-collab-demo-"))
+    # Tokens and the sites' files are below: nobody else may enter (mkdtemp's folder is
+    # 0700 already; an existing --root folder is left as it is, the demo's own are not).
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for spec in specs:
+        (root / spec.name).mkdir(mode=0o700, exist_ok=True)
+        (root / spec.name).chmod(0o700)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with AsyncExitStack() as stack:
             sites = []
@@ -229,8 +242,16 @@ def write_directory(path: Path, sites: list[RunningSite]) -> None:
         }
         for s in sites
     ]
-    path.write_text(json.dumps(entries, indent=1))
-    path.chmod(0o600)
+    with open(path, "w", opener=_private) as out:
+        out.write(json.dumps(entries, indent=1))
+
+
+def _private(path: str, flags: int) -> int:
+    """``open()``'s opener for a file that only its owner may read (0600, also when it was
+    there before)."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _announce(sites: list[RunningSite], root: Path) -> None:

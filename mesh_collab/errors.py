@@ -22,6 +22,7 @@ Every error that mesh_collab raises on purpose is a :class:`MeshCollabError`::
     ├── ProtocolError                 a client or peer sent an undecodable message
     ├── LocalStoreError               the node's local update log failed (disk full, I/O)
     ├── MountError                    the FUSE mount of a CS3 folder could not be set up
+    ├── UserLimitExceeded             a user would hold more documents open than one may
     └── RoomClosed                    the room is shutting down
 
 Only :mod:`mesh_collab.cs3.statuses` turns CS3 statuses and HTTP answers into these. The file
@@ -171,6 +172,11 @@ class LocalStoreError(MeshCollabError):
 class MountError(MeshCollabError):
     """Raised when the FUSE mount cannot be set up: no FUSE (``/dev/fuse``, ``fusermount3``,
     pyfuse3), a mount point in use, or a CS3 folder that cannot be mounted."""
+
+
+class UserLimitExceeded(MeshCollabError):
+    """Raised when a user would hold more documents open on the node than one user may
+    (``CollabServer.max_rooms_per_user``); other users are not affected."""
 
 
 class RoomClosed(MeshCollabError):

@@ -91,9 +91,19 @@ def from_bytes(data: bytes | str) -> NotebookDict:
         The notebook as a dict (an ``nbformat.NotebookNode``).
 
     Raises:
-        ValueError: If ``data`` is not UTF-8, not JSON, not an nbformat 4 notebook, or does
-            not validate against its nbformat schema.
+        ValueError: If ``data`` is not UTF-8, not JSON, not an nbformat 4 notebook, does
+            not validate against its nbformat schema, or is nested too deeply to be read
+            (JSON nested some hundreds deep: no notebook is).
     """
+    try:
+        return _parse(data)
+    except RecursionError as exc:
+        # json, nbformat and the validator all recurse: whichever reaches the interpreter's
+        # limit first, it is a file we do not read, not an internal error.
+        raise ValueError("Not a notebook: nested too deeply") from exc
+
+
+def _parse(data: bytes | str) -> NotebookDict:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         raw = json.loads(text)

@@ -246,15 +246,28 @@ def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
     return entries
 
 
+def encode_state(state: dict[str, Any] | None) -> bytes:
+    """One awareness state as it travels in a frame (compact JSON; ``null``: the client
+    left)."""
+    if state is None:
+        return b"null"
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def encode_awareness_states(entries: list[tuple[int, int, bytes]]) -> bytes:
+    """An awareness frame carrying ``(client id, clock, encoded state)`` entries (states
+    from :func:`encode_state`, which a room keeps so as to encode each state once)."""
+    body = bytearray(uint(len(entries)))
+    for client_id, clock, state in entries:
+        body += uint(client_id) + uint(clock) + _prefixed(state)
+    return b"\x01" + _prefixed(bytes(body))
+
+
 def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
     """An awareness frame carrying ``entries``."""
-    body = bytearray(uint(len(entries)))
-    for entry in entries:
-        state = b"null" if entry.state is None else json.dumps(
-            entry.state, separators=(",", ":")
-        ).encode()
-        body += uint(entry.client_id) + uint(entry.clock) + _prefixed(state)
-    return b"\x01" + _prefixed(bytes(body))
+    return encode_awareness_states(
+        [(entry.client_id, entry.clock, encode_state(entry.state)) for entry in entries]
+    )
 
 
 def decode_state_vector(sv: bytes) -> dict[int, int]:

@@ -32,7 +32,11 @@ per keystroke when a client sends faster than the room commits.
 Presence (awareness) is handled by the room itself, not by pycrdt's ``Awareness``: each
 client's state is stamped with the identity the node authenticated (name, CS3 user, site,
 role), which a client cannot forge; a newcomer receives every state at once; a leaving
-client's state is removed for everybody at once.
+client's state is removed for everybody at once. Presence is bounded: a browser's connection
+owns at most 4 client ids and 128 KiB of it (beyond, it is closed with
+``AWARENESS_TOO_LARGE``), the room holds at most 4 MiB of it in all, what a newcomer
+receives first (beyond, a new or grown state is dropped and its connection served on), and
+a connection has at most one unsent answer to its presence queries.
 
 Usage::
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -80,6 +85,14 @@ COMMIT_RETRY = 1.0
 #: state that was not renewed for 30 s (y-protocols' outdatedTimeout), as they renew their
 #: own every 15 s.
 STATUS_RENEWAL = 15.0
+#: A presence color: a CSS hex color (#rgb, #rgba, #rrggbb, #rrggbbaa). Anything else is
+#: dropped, whether a browser sends it in its awareness or a user sets it in /api/me.
+_COLOR = re.compile(r"#[0-9a-fA-F]{3,8}")
+
+
+def valid_color(value: object) -> bool:
+    """Whether ``value`` is a presence color the node passes on (a CSS hex color)."""
+    return isinstance(value, str) and _COLOR.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +115,7 @@ class Identity:
             # The stock frontend labels remote cursors with display_name: show the site.
             "display_name": f"{name} · {self.site}" if self.site else name,
             "initials": initials,
-            "color": self.color or (color if isinstance(color, str) else "") or None,
+            "color": next((c for c in (self.color, color) if valid_color(c)), None),
             "avatar_url": None,
             "site": self.site,
             "cs3_user": self.user_id,
@@ -137,6 +150,13 @@ class Connection:
     outbox: MemoryObjectSendStream[bytes]
     id: int = field(default_factory=lambda: next(_ids))
     awareness_ids: set[int] = field(default_factory=set)
+    #: Bytes of the presence states it owns (encoded as relayed).
+    awareness_bytes: int = 0
+    #: The answer to its presence query (or the greeting) while not yet sent: a repeated
+    #: query gets no second one (the presence updates queued after it keep it current).
+    presence_pending: bytes | None = None
+    #: A state of it was dropped because the room's presence is full (logged once).
+    presence_dropped: bool = False
     close_code: int | None = None
     close_reason: str = ""
     refused_updates: int = 0
@@ -302,6 +322,14 @@ class Room(anyio.AsyncContextManagerMixin):
         outbox_size: messages queued for one client before it counts as too slow.
         outbox_bytes: bytes queued for one client before it counts as too slow (one message
             larger than this is still sent to a client with nothing queued).
+        max_awareness_ids: presence client ids one browser's connection may own (a browser
+            uses one per document); one more closes it with ``AWARENESS_TOO_LARGE``.
+        max_awareness_bytes: bytes of presence one browser's connection may hold (a cursor
+            and a user: about 1 KB); more closes it with ``AWARENESS_TOO_LARGE``.
+        max_room_awareness_bytes: bytes of presence the room holds in all, what a newcomer
+            receives first (links to other nodes carry their site's users and count only
+            here). A state that would grow it past this is dropped, and logged once per
+            connection, which stays open.
         log: the logger.
     """
 
@@ -314,6 +342,9 @@ class Room(anyio.AsyncContextManagerMixin):
         max_message_size: int = 16 * 2**20,
         outbox_size: int = 4096,
         outbox_bytes: int = 64 * 2**20,
+        max_awareness_ids: int = 4,
+        max_awareness_bytes: int = 128 * 2**10,
+        max_room_awareness_bytes: int = 4 * 2**20,
         log: logging.Logger | None = None,
     ) -> None:
         self.name = name
@@ -321,13 +352,20 @@ class Room(anyio.AsyncContextManagerMixin):
         self.max_message_size = max_message_size
         self.outbox_size = outbox_size
         self.outbox_bytes = outbox_bytes
+        self.max_awareness_ids = max_awareness_ids
+        self.max_awareness_bytes = max_awareness_bytes
+        self.max_room_awareness_bytes = max_room_awareness_bytes
         self.log = log or logging.getLogger(__name__)
         self._doc = doc if doc is not None else Doc()
         self._subscription = self._doc.observe(self._on_transaction)
         self._connections: dict[int, Connection] = {}
-        # Awareness: client id -> (clock, state); owner: client id -> connection id.
-        self._awareness: dict[int, tuple[int, dict[str, Any]]] = {}
+        # Awareness: client id -> (clock, state, encoded state); owner: client id ->
+        # connection id; the bytes of every encoded state; the frame of all states (for
+        # clients, for links), built once after each change.
+        self._awareness: dict[int, tuple[int, dict[str, Any], bytes]] = {}
         self._owner: dict[int, int] = {}
+        self._awareness_bytes = 0
+        self._presence_frames: dict[bool, bytes] = {}
         self._status: dict[str, Any] = {}
         self._status_clock = 0
         self._inbox_send, self._inbox = anyio.create_memory_object_stream[Any](1024)
@@ -376,6 +414,11 @@ class Room(anyio.AsyncContextManagerMixin):
     @property
     def stats(self) -> RoomStats:
         return RoomStats(len(self._connections), self._updates, self._batches)
+
+    @property
+    def awareness_bytes(self) -> int:
+        """Bytes of presence states the room holds (at most ``max_room_awareness_bytes``)."""
+        return self._awareness_bytes
 
     def add_listener(
         self, fn: Callable[[list[tuple[bytes, Origin | None]]], None]
@@ -525,8 +568,7 @@ class Room(anyio.AsyncContextManagerMixin):
                     await conn.channel.send(message)
                     conn.queued -= 1
                     conn.queued_bytes -= len(message)
-                    if message is conn.reply_pending:
-                        conn.reply_pending = None
+                    self._sent(conn, message)
             except ChannelClosed:
                 pass  # the client went away; the connection ends below
         conn.end()
@@ -877,8 +919,7 @@ class Room(anyio.AsyncContextManagerMixin):
         metrics.COUNTS.sent_bytes += len(message)
         try:
             if conn.queued == 0 and conn.channel.send_nowait(message):
-                if message is conn.reply_pending:
-                    conn.reply_pending = None
+                self._sent(conn, message)
                 return
         except ChannelClosed:
             return  # the connection is ending
@@ -893,6 +934,14 @@ class Room(anyio.AsyncContextManagerMixin):
             conn.kill(CloseCode.TOO_SLOW, "client too slow")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the connection is ending
+
+    @staticmethod
+    def _sent(conn: Connection, message: bytes) -> None:
+        """``message`` left for ``conn``: a pending answer of it is pending no more."""
+        if message is conn.reply_pending:
+            conn.reply_pending = None
+        elif message is conn.presence_pending:
+            conn.presence_pending = None
 
     # --- document sync ---------------------------------------------------------------------
 
@@ -952,7 +1001,7 @@ class Room(anyio.AsyncContextManagerMixin):
         elif kind is protocol.Kind.AWARENESS:
             self._awareness_update(conn, protocol.decode_awareness(frame.payload))
         elif kind is protocol.Kind.QUERY_AWARENESS:
-            self._send(conn, self._all_awareness(for_peer=conn.peer is not None))
+            self._answer_presence(conn)
         elif kind is protocol.Kind.SAVE:
             if conn.peer is not None:
                 raise ProtocolError("save requests between nodes are control messages")
@@ -1013,6 +1062,7 @@ class Room(anyio.AsyncContextManagerMixin):
         self._doc.unobserve(self._subscription)
         self._doc = clean
         self._subscription = clean.observe(self._on_transaction)
+        self._presence_frames.clear()  # the node's own state has the new client id
         self.log.warning("purged unknown items from room=%s", self.name)
 
     # --- presence --------------------------------------------------------------------------
@@ -1026,16 +1076,30 @@ class Room(anyio.AsyncContextManagerMixin):
 
     def _broadcast_status(self) -> None:
         # The node's own state is for its own clients: another node has its own.
+        self._presence_frames.clear()
         self._outgoing.append(_Out(self._status_frame(), local_only=True))
 
     def _all_awareness(self, *, for_peer: bool = False) -> bytes:
-        entries = [
-            protocol.AwarenessEntry(cid, clock, state)
-            for cid, (clock, state) in self._awareness.items()
-        ]
-        if self._status and not for_peer:
-            entries.extend(self._status_entries())
-        return protocol.encode_awareness(entries)
+        """Every state in one frame: built once after a change, then the same bytes for
+        every newcomer and query (one copy in memory, however many outboxes hold it)."""
+        frame = self._presence_frames.get(for_peer)
+        if frame is None:
+            entries = [(cid, clock, raw) for cid, (clock, _, raw) in self._awareness.items()]
+            if self._status and not for_peer:
+                (status,) = self._status_entries()
+                entries.append(
+                    (status.client_id, status.clock, protocol.encode_state(status.state))
+                )
+            frame = self._presence_frames[for_peer] = protocol.encode_awareness_states(entries)
+        return frame
+
+    def _answer_presence(self, conn: Connection) -> None:
+        """Send ``conn`` every state, unless an answer is already on its way to it (then the
+        updates queued behind that one bring it up to date): a client that queries without
+        reading costs one answer, not one per query."""
+        if conn.presence_pending is None:
+            conn.presence_pending = frame = self._all_awareness(for_peer=conn.peer is not None)
+            self._send(conn, frame)
 
     def _join(self, conn: Connection) -> None:
         if self.closing:
@@ -1045,50 +1109,94 @@ class Room(anyio.AsyncContextManagerMixin):
         # Ask for what the client has and we lack (its offline edits), and give it every
         # collaborator's presence at once rather than at their next heartbeat.
         self._send(conn, protocol.sync_step1(self._doc.get_state()))
-        self._send(conn, self._all_awareness(for_peer=conn.peer is not None))
+        self._answer_presence(conn)
         self.empty = anyio.Event()
+
+    def _forget(self, cid: int) -> tuple[int, int]:
+        """Remove client ``cid``'s state; return its clock and size."""
+        clock, _, raw = self._awareness.pop(cid)
+        del self._owner[cid]
+        self._awareness_bytes -= len(raw)
+        self._presence_frames.clear()
+        return clock, len(raw)
 
     def _leave(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
-        gone = []
-        for cid in conn.awareness_ids:
-            if self._owner.get(cid) == conn.id:
-                clock, _ = self._awareness.pop(cid, (0, {}))
-                del self._owner[cid]
-                gone.append(protocol.AwarenessEntry(cid, clock + 1, None))
+        gone = [
+            (cid, self._forget(cid)[0] + 1, b"null")
+            for cid in conn.awareness_ids
+            if self._owner.get(cid) == conn.id
+        ]
         if gone:
-            self._broadcast(conn, protocol.encode_awareness(gone))
+            self._broadcast(conn, protocol.encode_awareness_states(gone))
         if not self._connections:
             self.empty.set()
 
+    def _stamp(self, conn: Connection, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The state as relayed: the user the node authenticated (a link's users, stamped
+        with its site); None to ignore it."""
+        state = dict(state)
+        claimed = state.get("user")
+        if conn.peer is not None:
+            # The other node stamped its users; it may not speak for another site.
+            if not isinstance(claimed, dict):
+                return None
+            user = {**claimed, "site": conn.peer.site}
+            if "color" in user and not valid_color(user["color"]):
+                user["color"] = None
+            state["user"] = user
+        else:
+            color = claimed.get("color") if isinstance(claimed, dict) else None
+            state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)
+        return state
+
     def _awareness_update(self, conn: Connection, entries: list[protocol.AwarenessEntry]) -> None:
-        accepted = []
+        accepted: list[tuple[int, int, bytes]] = []
         for entry in entries:
-            owner = self._owner.get(entry.client_id)
-            if entry.client_id == self._doc.client_id or (owner is not None and owner != conn.id):
+            cid = entry.client_id
+            owner = self._owner.get(cid)
+            if cid == self._doc.client_id or (owner is not None and owner != conn.id):
                 continue  # nobody speaks for the node or for another connection's client
             if entry.state is None:
-                if entry.client_id in self._awareness:
-                    del self._awareness[entry.client_id]
-                    del self._owner[entry.client_id]
-                    conn.awareness_ids.discard(entry.client_id)
-                    accepted.append(entry)
+                if cid in self._awareness:
+                    conn.awareness_bytes -= self._forget(cid)[1]
+                    conn.awareness_ids.discard(cid)
+                    accepted.append((cid, entry.clock, b"null"))
                 continue
-            state = dict(entry.state)
-            claimed = state.get("user")
-            if conn.peer is not None:
-                # The other node stamped its users; it may not speak for another site.
-                if not isinstance(claimed, dict):
-                    continue
-                state["user"] = {**claimed, "site": conn.peer.site}
-            else:
-                color = claimed.get("color") if isinstance(claimed, dict) else None
-                state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)
-            self._awareness[entry.client_id] = (entry.clock, state)
-            self._owner[entry.client_id] = conn.id
-            conn.awareness_ids.add(entry.client_id)
-            accepted.append(protocol.AwarenessEntry(entry.client_id, entry.clock, state))
+            state = self._stamp(conn, entry.state)
+            if state is None:
+                continue
+            raw = protocol.encode_state(state)
+            held = self._awareness.get(cid)
+            growth = len(raw) - (len(held[2]) if held is not None else 0)
+            if conn.peer is None and (
+                (held is None and len(conn.awareness_ids) >= self.max_awareness_ids)
+                or conn.awareness_bytes + growth > self.max_awareness_bytes
+            ):
+                # No browser needs this much: refuse it all, and say so. Its states leave
+                # with it.
+                self.log.info(
+                    "closing client room=%s user=%s reason=presence over budget ids=%d "
+                    "bytes=%d", self.name, conn.identity.username, len(conn.awareness_ids),
+                    conn.awareness_bytes + max(growth, 0),
+                )
+                conn.kill(CloseCode.AWARENESS_TOO_LARGE, "presence over the connection's budget")
+                return
+            if growth > 0 and self._awareness_bytes + growth > self.max_room_awareness_bytes:
+                if not conn.presence_dropped:
+                    conn.presence_dropped = True
+                    self.log.warning(
+                        "presence dropped room=%s user=%s: the room holds %d bytes of it",
+                        self.name, conn.identity.username, self._awareness_bytes,
+                    )
+                continue
+            self._awareness[cid] = (entry.clock, state, raw)
+            self._owner[cid] = conn.id
+            self._awareness_bytes += growth
+            self._presence_frames.clear()
+            conn.awareness_ids.add(cid)
+            conn.awareness_bytes += growth
+            accepted.append((cid, entry.clock, raw))
         if accepted:
-            self._broadcast(conn, protocol.encode_awareness(accepted))
-
+            self._broadcast(conn, protocol.encode_awareness_states(accepted))

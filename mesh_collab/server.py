@@ -3,7 +3,16 @@
 It opens a document's room on first use (one load per resource, however many clients ask at
 once), serves clients into it, and closes it ``cleanup_delay`` seconds after its last client
 left, after a final checkpoint. It also serves awareness-only rooms (JupyterLab's global
-awareness), which keep nothing.
+awareness), which keep nothing: one per user, so that nobody sees who else is online nor
+what they have open (collaborators meet in the rooms of the documents they share).
+
+One user's share of the node is bounded: at most ``max_connections_per_user`` browser
+connections and ``max_rooms_per_user`` open documents. A document counts for the users
+connected to it, or, while nobody is, for the last user who opened or left it, until it
+closes; when a user at the limit opens another, one that counts for them alone and that
+nobody uses closes at once (after its final checkpoint) to make room. Beyond that the user is
+refused (close code ``USER_LIMIT``, :class:`~mesh_collab.errors.UserLimitExceeded`); nobody
+else is. Links from other nodes and in-process holders count for nobody.
 
 Usage::
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,7 +37,7 @@ from mesh_collab.channel import Channel, ChannelClosed
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.documents import DocumentRoom, Federation, RoomSettings
-from mesh_collab.errors import MeshCollabError, RoomClosed, single_cause
+from mesh_collab.errors import MeshCollabError, RoomClosed, UserLimitExceeded, single_cause
 from mesh_collab.federation.directory import Site
 from mesh_collab.federation.protocol import PROTOCOL_VERSION
 from mesh_collab.kinds import NOTEBOOK, DocumentKind
@@ -50,6 +60,11 @@ class _Entry:
         #: Set once the room decided to close (it is taking its final checkpoint).
         self.closing = False
         self.closed = anyio.Event()
+        #: Browser connections to the room, by user name.
+        self.holders: Counter[str] = Counter()
+        #: The user who last opened or left the room: it counts for them while nobody is
+        #: connected.
+        self.last = ""
 
 
 class CollabServer(anyio.AsyncContextManagerMixin):
@@ -62,6 +77,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         start_worker: start the worker process of large notebooks (``offload.py``) now,
             in the background, rather than when the first one opens (which would then wait
             ~1.2 s for it).
+        max_connections_per_user: browser connections one user may have (0: no limit).
+        max_rooms_per_user: documents one user may hold open (0: no limit).
     """
 
     def __init__(
@@ -73,7 +90,12 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         federation: Federation | None = None,
         log: logging.Logger | None = None,
         start_worker: bool = False,
+        max_connections_per_user: int = 64,
+        max_rooms_per_user: int = 32,
     ) -> None:
+        self.max_connections_per_user = max_connections_per_user
+        self.max_rooms_per_user = max_rooms_per_user
+        self._user_connections: Counter[str] = Counter()
         self.federation = federation
         self.start_worker = start_worker
         self.updatelog = updatelog
@@ -82,7 +104,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         self.log = log or logging.getLogger(__name__)
         self.epoch = int(time.time())
         self._rooms: dict[ResourceId, _Entry] = {}
-        self._awareness_rooms: dict[str, Room] = {}
+        self._awareness_rooms: dict[_PresenceKey, _Presence] = {}
         self._awareness_opening = anyio.Lock()
         self._stopping = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -147,9 +169,10 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         return {rid: e.room for rid, e in self._rooms.items() if e.room is not None}
 
     @property
-    def awareness_rooms(self) -> dict[str, Room]:
-        """The open awareness-only rooms (JupyterLab's global awareness)."""
-        return dict(self._awareness_rooms)
+    def awareness_rooms(self) -> dict[tuple[str, str, str], Room]:
+        """The open awareness-only rooms (JupyterLab's global awareness), by (name, site,
+        user name)."""
+        return {key: p.room for key, p in self._awareness_rooms.items() if p.room is not None}
 
     async def open(
         self,
@@ -158,23 +181,31 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         *,
         home: Site | None = None,
         kind: DocumentKind = NOTEBOOK,
+        user: str = "",
     ) -> DocumentRoom:
         """Return the room of a document, opening it with ``session`` if needed.
 
         ``home`` names the site that owns a document shared with us over OCM: the room then
         links to that site's node instead of reading and locking the file. One file has one
         room, of one kind: while it is open as a notebook it cannot be opened as text.
+        ``user`` is the user it is opened for, whom it counts for (``max_rooms_per_user``);
+        "" (in-process code, links from other nodes) for nobody.
 
         Raises:
             ValueError: the file's content is not of that kind (or it is open as another).
             StorageError: it cannot be read.
+            UserLimitExceeded: ``user`` holds as many rooms as one user may.
             RoomClosed: the server is stopping.
         """
-        entry = self._rooms.get(resource_id)
-        while entry is not None and entry.closing:
-            # Taking its last checkpoint: it would stop serving at once. Open it anew.
-            await entry.closed.wait()
+        while True:
             entry = self._rooms.get(resource_id)
+            while entry is not None and entry.closing:
+                # Taking its last checkpoint: it would stop serving at once. Open it anew.
+                await entry.closed.wait()
+                entry = self._rooms.get(resource_id)
+            if self._may_hold(user, entry):
+                break
+            await self._make_room(user)
         if entry is not None and entry.kind is not kind:
             raise ValueError(
                 f"the file is open as a {entry.kind.name} here; close it there to open it "
@@ -184,6 +215,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             if self._tg is None:
                 raise RoomClosed("the server is not running")
             entry = self._rooms[resource_id] = _Entry(kind)
+            entry.last = user
             try:
                 await self._tg.start(self._run_room, resource_id, session, home, entry)
             except BaseException as exc:
@@ -196,6 +228,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 if cause is exc or not isinstance(cause, Exception):
                     raise
                 raise cause from exc
+        elif user:
+            entry.last = user
         await entry.ready.wait()
         if entry.room is None:
             raise entry.error or RoomClosed(str(resource_id))
@@ -211,18 +245,34 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         writable: bool,
         kind: DocumentKind = NOTEBOOK,
     ) -> None:
-        """Serve one client in a document's room until its channel closes."""
-        nb = await self.open(resource_id, session, kind=kind)
-        entry = self._rooms[resource_id]
-        entry.users += 1
-        entry.activity.set()
-        if writable:
-            nb.add_writer(identity.username, session)
+        """Serve one client in a document's room until its channel closes (at once, with
+        ``USER_LIMIT``, when its user has as many connections or rooms as one user may)."""
+        user = identity.username
+        if not await self._admit(user, channel):
+            return
         try:
-            await nb.room.serve(channel, identity, writable=writable)
-        finally:
-            entry.users -= 1
+            try:
+                nb = await self.open(resource_id, session, kind=kind, user=user)
+            except UserLimitExceeded as exc:
+                await self._refuse(user, channel, str(exc))
+                return
+            entry = self._rooms[resource_id]
+            entry.users += 1
+            entry.holders[user] += 1
             entry.activity.set()
+            if writable:
+                nb.add_writer(identity.username, session)
+            try:
+                await nb.room.serve(channel, identity, writable=writable)
+            finally:
+                entry.users -= 1
+                entry.holders[user] -= 1
+                if not entry.holders[user]:
+                    del entry.holders[user]
+                entry.last = user
+                entry.activity.set()
+        finally:
+            self._release(user)
 
     @asynccontextmanager
     async def open_direct(
@@ -286,23 +336,112 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             entry.activity.set()
 
     async def serve_awareness(self, name: str, channel: Channel, identity: Identity) -> None:
-        """Serve a client in an awareness-only room (nothing is stored)."""
-        async with self._awareness_opening:  # two first clients: one room
-            room = self._awareness_rooms.get(name)
-            if room is None:
-                if self._tg is None:
-                    raise RoomClosed("the server is not running")
-                room = await self._tg.start(self._run_awareness_room, name)
-        await room.serve(channel, identity, writable=True)
+        """Serve a client in its user's awareness-only room ``name`` (nothing is stored).
 
-    async def _run_awareness_room(self, name: str, *, task_status: TaskStatus[Room]) -> None:
-        async with Room(name, log=self.log) as room:
-            self._awareness_rooms[name] = room
-            task_status.started(room)
+        Each user has a room of their own under each name: the windows of one user see one
+        another there, and nobody else. JupyterLab publishes there who is online and which
+        file each window shows (``current``); another user's presence is only in the rooms of
+        documents both have open. A room closes when its last client leaves.
+        """
+        if not await self._admit(identity.username, channel):
+            return
+        key: _PresenceKey = (name, identity.site, identity.username)
+        try:
+            async with self._awareness_opening:  # two first clients: one room
+                presence = self._awareness_rooms.get(key)
+                if presence is None:
+                    if self._tg is None:
+                        raise RoomClosed("the server is not running")
+                    presence = _Presence()
+                    await self._tg.start(self._run_awareness_room, key, presence)
+                    self._awareness_rooms[key] = presence
+                presence.clients += 1
             try:
-                await self._stopping.wait()  # closing the room closes its connections
+                if presence.room is None:
+                    raise RoomClosed("the server is stopping")
+                await presence.room.serve(channel, identity, writable=True)
             finally:
-                self._awareness_rooms.pop(name, None)
+                presence.clients -= 1
+                if not presence.clients:
+                    # Out of the registry before anything awaits: a client coming now opens
+                    # a new room rather than joining this closing one.
+                    if self._awareness_rooms.get(key) is presence:
+                        del self._awareness_rooms[key]
+                    presence.stop.set()
+        finally:
+            self._release(identity.username)
+
+    # --- one user's share of the node ------------------------------------------------------
+
+    async def _admit(self, user: str, channel: Channel) -> bool:
+        """Count one more connection of ``user``; False (``channel`` closed) when they have
+        as many as one user may."""
+        limit = self.max_connections_per_user
+        if limit and self._user_connections[user] >= limit:
+            reason = f"{user} has {limit} connections to this node, the most one user may"
+            await self._refuse(user, channel, reason)
+            return False
+        self._user_connections[user] += 1
+        return True
+
+    def _release(self, user: str) -> None:
+        self._user_connections[user] -= 1
+        if not self._user_connections[user]:
+            del self._user_connections[user]
+
+    async def _refuse(self, user: str, channel: Channel, reason: str) -> None:
+        self.log.info("connection refused user=%s reason=%s", user, reason)
+        await channel.close(CloseCode.USER_LIMIT, reason[:120])
+
+    def _held(self, user: str) -> list[_Entry]:
+        """The rooms that count for ``user``: connected to, or last opened or left by them
+        while nobody is connected."""
+        return [
+            e for e in self._rooms.values()
+            if e.holders[user] or (not e.holders and e.last == user)
+        ]
+
+    def _may_hold(self, user: str, entry: _Entry | None) -> bool:
+        """Whether ``user`` may open ``entry`` (None: a room not open yet)."""
+        limit = self.max_rooms_per_user
+        if not user or not limit:
+            return True
+        held = self._held(user)
+        return len(held) < limit or entry in held
+
+    async def _make_room(self, user: str) -> None:
+        """Close one room that counts for ``user`` alone and that nobody uses (after its
+        final checkpoint), so that they may open another.
+
+        Raises:
+            UserLimitExceeded: every room of theirs is in use.
+        """
+        held = self._held(user)
+        idle = [e for e in held if e.users == 0 and e.room is not None and not e.closing]
+        if not idle:
+            raise UserLimitExceeded(
+                f"{user} has {len(held)} documents open on this node, the most one user may"
+            )
+        entry = idle[0]  # the one opened first
+        entry.closing = True  # from here on, open() waits for it to go
+        entry.stop.set()
+        await entry.closed.wait()
+
+    async def _run_awareness_room(
+        self, key: _PresenceKey, presence: _Presence, *, task_status: TaskStatus[None]
+    ) -> None:
+        name, _, user = key
+        try:
+            async with Room(f"{name}:{user}", max_message_size=self.settings.max_message_size,
+                            log=self.log) as room:
+                presence.room = room
+                task_status.started()
+                # Closing the room closes its connections.
+                await _first(self._stopping, presence.stop)
+        finally:
+            presence.room = None
+            if self._awareness_rooms.get(key) is presence:
+                del self._awareness_rooms[key]
 
     async def _run_room(
         self,
@@ -375,3 +514,17 @@ async def _first(*events: anyio.Event) -> None:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(wait)
+
+
+#: An awareness-only room's key: its name, and the site and name of its user.
+_PresenceKey = tuple[str, str, str]
+
+
+class _Presence:
+    """One user's awareness-only room, while it has clients."""
+
+    def __init__(self) -> None:
+        self.room: Room | None = None
+        #: Clients being served in it: the room closes when the last one leaves.
+        self.clients = 0
+        self.stop = anyio.Event()

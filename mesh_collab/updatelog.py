@@ -227,7 +227,15 @@ class UpdateLog(anyio.AsyncContextManagerMixin):
         return await self._worker.run(lambda: fn(*args))
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Every document the node served is in it, in clear: 0700 folder, 0600 files (SQLite
+        # gives -wal and -shm the mode of the database file).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for name in (self.path.name, f"{self.path.name}-wal", f"{self.path.name}-shm"):
+            try:
+                os.chmod(self.path.with_name(name), 0o600)
+            except FileNotFoundError:
+                pass  # -wal and -shm exist only while the log is open
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         if self.sync_interval == 0:

@@ -3,6 +3,7 @@ clients of a room (pycrdt Docs synced by pycrdt's own Provider over memory chann
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -140,3 +141,15 @@ def non_reading_client(
     server_end._send = stuck
     tg.start_soon(partial(room.serve, server_end, identity, writable=writable))
     return client_end, unread
+
+
+async def demo_sites(process: anyio.abc.Process) -> list[dict[str, str]]:
+    """The sites of the JSON line ``mesh-collab demo`` prints once both sites run."""
+    assert process.stdout is not None
+    buffer = b""
+    with anyio.fail_after(180):
+        while True:
+            buffer += await process.stdout.receive()
+            for line in buffer.decode(errors="replace").splitlines():
+                if line.startswith('{"sites"'):
+                    return list(json.loads(line)["sites"])

@@ -6,7 +6,6 @@ tokens, and co-edits the shared notebook from a real Yjs peer at each site.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
@@ -16,20 +15,10 @@ import anyio
 import httpx
 import pytest
 
+from tests.helpers import demo_sites
 from tests.nodepeer import node_peer
 
 pytestmark = pytest.mark.timeout(240)
-
-
-async def read_sites(process: anyio.abc.Process) -> list[dict[str, str]]:
-    assert process.stdout is not None
-    buffer = b""
-    with anyio.fail_after(180):
-        while True:
-            buffer += await process.stdout.receive()
-            for line in buffer.decode(errors="replace").splitlines():
-                if line.startswith('{"sites"'):
-                    return list(json.loads(line)["sites"])
 
 
 async def test_demo_two_sites_co_edit(tmp_path: Path) -> None:
@@ -38,7 +27,7 @@ async def test_demo_two_sites_co_edit(tmp_path: Path) -> None:
     log = (tmp_path / "demo.log").open("wb")
     async with await anyio.open_process(args, stderr=log) as process:
         try:
-            site_a, site_b = await read_sites(process)
+            site_a, site_b = await demo_sites(process)
             assert (site_a["site"], site_a["user"]) == ("site-a", "einstein")
             assert (site_b["site"], site_b["user"]) == ("site-b", "marie")
             rooms = []

@@ -203,6 +203,14 @@ def test_nbformat_45_cells_without_ids_get_deterministic_ids() -> None:
             b'"cells": [{"cell_type": "code", "source": ""}]}',
             "Invalid notebook",
         ),
+        # JSON nested 100,000 deep (195 KB) exhausts json's recursion; 600 deep in the
+        # metadata parses, then exhausts nbformat's.
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (
+            b'{"nbformat": 4, "nbformat_minor": 5, "cells": [], "metadata": {"x": '
+            + b"[" * 600 + b"]" * 600 + b"}}",
+            "nested too deeply",
+        ),
     ],
 )
 def test_from_bytes_rejects_non_notebooks(data: bytes, message: str) -> None:

@@ -15,7 +15,7 @@ from pycrdt import Doc, Text
 from mesh_collab import protocol
 from mesh_collab.channel import MemoryChannel, memory_channel_pair
 from mesh_collab.close_codes import CloseCode
-from mesh_collab.rooms import Identity, Room
+from mesh_collab.rooms import Identity, Peer, Room
 from mesh_collab.updatelog import UpdateLog
 from tests.helpers import EINSTEIN, MARIE, GatedLog, non_reading_client, peer, until
 
@@ -109,12 +109,16 @@ def awareness_frame(client_id: int, clock: int, state: dict | None) -> bytes:
     return protocol.encode_awareness([protocol.AwarenessEntry(client_id, clock, state)])
 
 
-async def next_awareness(channel: MemoryChannel) -> list[protocol.AwarenessEntry]:
+async def next_awareness_frame(channel: MemoryChannel) -> bytes:
     with anyio.fail_after(5):
         while True:
-            frame = protocol.parse(await channel.recv())
-            if frame.kind is protocol.Kind.AWARENESS:
-                return protocol.decode_awareness(frame.payload)
+            message = await channel.recv()
+            if protocol.parse(message).kind is protocol.Kind.AWARENESS:
+                return message
+
+
+async def next_awareness(channel: MemoryChannel) -> list[protocol.AwarenessEntry]:
+    return protocol.decode_awareness(protocol.parse(await next_awareness_frame(channel)).payload)
 
 
 async def test_presence_arrives_at_once_stamped_and_leaves_at_once() -> None:
@@ -145,6 +149,125 @@ async def test_presence_arrives_at_once_stamped_and_leaves_at_once() -> None:
         await b.close()
         (gone,) = await next_awareness(a)
         assert gone.client_id == 222 and gone.state is None
+        tg.cancel_scope.cancel()
+
+
+def states(first_id: int, count: int, size: int) -> bytes:
+    """One awareness frame: ``count`` fresh client ids, each with a state of ``size`` bytes."""
+    return protocol.encode_awareness([
+        protocol.AwarenessEntry(first_id + i, 1, {"user": {"name": "x"}, "pad": "p" * size})
+        for i in range(count)
+    ])
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        pytest.param(states(100, 5, 10), "a fifth client id", id="ids"),
+        pytest.param(states(100, 3, 60_000), "180 KB of presence", id="bytes"),
+    ],
+)
+async def test_a_browser_over_its_presence_budget_is_closed_and_forgotten(
+    frame: bytes, why: str
+) -> None:
+    async with Room("presence-budget") as room, anyio.create_task_group() as tg:
+        async with peer(room, tg, EINSTEIN) as editor:
+            hostile_server, hostile = memory_channel_pair("hostile")
+            tg.start_soon(partial(room.serve, hostile_server, MARIE, writable=False))
+            await next_awareness(hostile)
+            await hostile.send(frame)
+            with anyio.fail_after(5):
+                await hostile.closed.wait()
+            assert hostile.close_code == CloseCode.AWARENESS_TOO_LARGE, why
+            await room.flush()
+            assert room.awareness_bytes == 0  # its states left with it
+            newcomer_server, newcomer = memory_channel_pair("newcomer")
+            tg.start_soon(room.serve, newcomer_server, EINSTEIN)
+            assert await next_awareness(newcomer) == []
+            editor.text += "still editing"  # the others are served on
+            await until(lambda: str(room.doc.get("source", type=Text)) == "still editing",
+                        room.doc)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_full_room_drops_new_presence_but_serves_its_client() -> None:
+    async with Room("presence-full", max_room_awareness_bytes=5000) as room, \
+            anyio.create_task_group() as tg:
+        clients = []
+        for i in range(4):  # 2 KB each: the third would make 6 KB
+            server_end, client = memory_channel_pair(f"c{i}")
+            tg.start_soon(room.serve, server_end, MARIE)
+            await next_awareness(client)
+            await client.send(states(10 + i, 1, 2000))
+            await room.flush()
+            clients.append(client)
+        assert 4000 <= room.awareness_bytes <= 5000
+        newcomer_server, newcomer = memory_channel_pair("newcomer")
+        tg.start_soon(room.serve, newcomer_server, EINSTEIN)
+        greeting = await next_awareness_frame(newcomer)
+        assert len(greeting) <= 5000 + 100
+        assert len(protocol.decode_awareness(protocol.parse(greeting).payload)) == 2
+        # Dropped, not closed: the client whose presence did not fit is still served.
+        assert not any(c.closed.is_set() for c in clients)
+        assert len(room.clients) == 5
+        # Once a state leaves, there is room again.
+        await clients[0].send(awareness_frame(10, 2, None))
+        await clients[3].send(states(13, 1, 2000))
+        assert [e.client_id for e in await next_awareness(newcomer)] == [10]
+        assert [e.client_id for e in await next_awareness(newcomer)] == [13]
+        tg.cancel_scope.cancel()
+
+
+async def test_presence_queries_without_reading_get_one_answer() -> None:
+    """A client that sends QUERY_AWARENESS again and again and never reads is answered
+    once: the answer queued first, and the changes after it, keep it current."""
+    async with Room("queries") as room, anyio.create_task_group() as tg:
+        present_server, present = memory_channel_pair("present")
+        tg.start_soon(room.serve, present_server, EINSTEIN)
+        await next_awareness(present)
+        await present.send(states(1, 1, 30_000))
+        await room.flush()
+        viewer, unread = non_reading_client(room, tg, MARIE, writable=False)
+        for _ in range(500):
+            await viewer.send(b"\x03")  # QUERY_AWARENESS
+        await room.flush()
+        await present.send(awareness_frame(1, 2, {"user": {}, "moved": True}))
+        answers = []
+        with anyio.fail_after(10):
+            while True:
+                frame = protocol.parse(await unread.receive())
+                if frame.kind is protocol.Kind.AWARENESS:
+                    entries = protocol.decode_awareness(frame.payload)
+                    if entries[0].state.get("moved"):
+                        break
+                    answers.append(entries)
+        assert len(answers) == 1  # not 501 copies of 30 KB
+        unread.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_presence_colors_are_css_hex_colors_or_nothing() -> None:
+    painted = Identity("einstein", site="site-a", color="red;background:url(//x)")
+    async with Room("colors") as room, anyio.create_task_group() as tg:
+        watcher_server, watcher = memory_channel_pair("watcher")
+        tg.start_soon(room.serve, watcher_server, MARIE)
+        await next_awareness(watcher)
+        browser_server, browser = memory_channel_pair("browser")
+        tg.start_soon(room.serve, browser_server, painted)
+        link_server, link = memory_channel_pair("link")
+        tg.start_soon(partial(room.serve, link_server, Identity("node:site-b"),
+                              peer=Peer(site="site-b")))
+        cases = [
+            (browser, 1, "#1a2B3c", "#1a2B3c"),
+            (browser, 2, "url(javascript:alert(1))", None),
+            (browser, 3, "#12345678\n", None),
+            (link, 4, "#abc", "#abc"),
+            (link, 5, "expression(alert(1))", None),
+        ]
+        for channel, cid, sent, relayed in cases:
+            await channel.send(awareness_frame(cid, 1, {"user": {"name": "n", "color": sent}}))
+            (entry,) = await next_awareness(watcher)
+            assert (entry.client_id, entry.state["user"]["color"]) == (cid, relayed), sent
         tg.cancel_scope.cancel()
 
 

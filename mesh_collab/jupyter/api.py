@@ -2,7 +2,10 @@
 
 Every route acts as the request's CS3 user (:func:`~.identity.session_for`) and answers JSON.
 Storage errors become readable HTTP errors in :func:`~.contents.http_error` only; bad input is
-a 400 whose message quotes the value.
+a 400 whose message quotes the value. jupyter_server's ``Authorizer`` is asked first, on the
+resource ``"contents"``, with the action of the method (``read`` for GET, ``write`` for POST
+and DELETE); a refusal is a 403. What the Authorizer refuses to write is reported read-only
+(``writable`` of ``status`` and ``versions``), as the rooms serve it.
 
 =========================  ==============================================================
 ``GET users?q=``           users of this site whose name contains ``q`` (FindUsers)
@@ -26,7 +29,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 
 from mesh_collab import errors
@@ -59,6 +64,9 @@ MAX_USERS = 20
 #: Shortest search text: FindUsers with one letter lists most of a site.
 MIN_QUERY = 2
 
+#: What the handlers ask jupyter_server's Authorizer about (as jupyter-collaboration does).
+AUTH_RESOURCE = "contents"
+
 _STATES = {
     ShareState.PENDING: "pending",
     ShareState.ACCEPTED: "accepted",
@@ -83,8 +91,18 @@ def api_handlers() -> list[tuple[str, Any, dict[str, Any]]]:
     ]
 
 
+async def may_write(handler: JupyterHandler, user: Any) -> bool:
+    """Whether jupyter_server's Authorizer lets ``user`` write contents (edit a document)."""
+    allowed = await ensure_async(
+        handler.authorizer.is_authorized(handler, user, "write", AUTH_RESOURCE)
+    )
+    return bool(allowed)
+
+
 class MeshAPIHandler(APIHandler):
     """Common parts: the user's session, JSON bodies, required arguments."""
+
+    auth_resource = AUTH_RESOURCE
 
     async def session(self) -> Session:
         """The request user's CS3 session, once the node is ready (503/401 otherwise)."""
@@ -146,6 +164,7 @@ class UsersHandler(MeshAPIHandler):
     """``GET /api/mesh/users?q=<text>``: users of this site to share with."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         query = self.get_query_argument("q", "").strip()
@@ -174,6 +193,7 @@ class SitesHandler(MeshAPIHandler):
     """``GET /api/mesh/sites``: this site and the mesh's other sites (names and domains)."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         state = mesh_state(self)
         try:
@@ -198,6 +218,7 @@ class StatusHandler(MeshAPIHandler):
     """
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         path = self.required("path")
@@ -222,6 +243,7 @@ class StatusHandler(MeshAPIHandler):
                 )
             else:
                 raise web.HTTPError(400, f"not a notebook: {path!r}")
+            writable = writable and await may_write(self, self.current_user)
         except ValueError as exc:
             raise web.HTTPError(400, f"bad path {path!r}: {exc}") from exc
         except errors.StorageError as exc:
@@ -293,6 +315,7 @@ class SharesHandler(MeshAPIHandler):
         return out
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         path = self.required("path")
@@ -304,6 +327,7 @@ class SharesHandler(MeshAPIHandler):
         self.finish({"path": path, "shares": shares})
 
     @web.authenticated
+    @authorized
     async def post(self) -> None:
         session = await self.session()
         data = self.body()
@@ -355,6 +379,7 @@ class SharesHandler(MeshAPIHandler):
         self.finish(result)
 
     @web.authenticated
+    @authorized
     async def delete(self) -> None:
         session = await self.session()
         share_id = self.required("id")
@@ -376,6 +401,7 @@ class ReceivedHandler(MeshAPIHandler):
     """``/api/mesh/received``: shares given to the user, and accepting or declining them."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         site = mesh_state(self).site
@@ -412,6 +438,7 @@ class ReceivedHandler(MeshAPIHandler):
         self.finish({"shares": out})
 
     @web.authenticated
+    @authorized
     async def post(self) -> None:
         session = await self.session()
         data = self.body()
@@ -434,6 +461,7 @@ class SharedByMeHandler(MeshAPIHandler):
     """``GET /api/mesh/shared-by-me``: the user's shares, local and OCM, with file paths."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         state = mesh_state(self)
@@ -495,6 +523,7 @@ class VersionsHandler(MeshAPIHandler):
     """``GET /api/mesh/versions?path=``: the notebook's CS3 versions, newest first."""
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         session = await self.session()
         path = self.required("path")
@@ -502,6 +531,7 @@ class VersionsHandler(MeshAPIHandler):
         try:
             versions = await session.versions.list(rid)
             writable = (await session.files.stat(rid)).writable
+            writable = writable and await may_write(self, self.current_user)
         except errors.StorageError as exc:
             raise http_error(exc, path) from exc
         self.finish(
@@ -522,6 +552,7 @@ class RestoreHandler(MeshAPIHandler):
     """
 
     @web.authenticated
+    @authorized
     async def post(self) -> None:
         session = await self.session()
         data = self.body()

@@ -68,6 +68,10 @@ from mesh_collab.jupyter.ydoc_compat import YDocCompat
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
 
+#: Tornado's limit on websocket messages when ``websocket_max_message_size`` is not set
+#: (tornado/websocket.py ``_default_max_message_size``).
+_TORNADO_MAX_MESSAGE_SIZE = 10 * 2**20
+
 #: The traits that hold credentials: kept out of logs, reprs and ``settings``.
 SECRET_TRAITS = frozenset({"cs3_password", "cs3_token", "peers"})
 
@@ -140,7 +144,7 @@ def persistent_node_id(data_dir: Path) -> str:
     except FileNotFoundError:
         node_id = ""
     if not re.fullmatch(r"[0-9a-f]{16}", node_id):
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # see initialize_settings
         node_id = secrets.token_hex(8)
         path.write_text(node_id + "\n")
     return node_id
@@ -332,7 +336,28 @@ class MeshCollabApp(ExtensionApp):
     max_message_size = Int(
         16 * 2**20,
         help="""Largest websocket message accepted from a browser or a peer node, in bytes
-        (default 16 MiB). A larger one closes that connection only.""",
+        (default 16 MiB): a notebook's first sync is one message. A larger one closes that
+        connection only, with 1009 (message too big). The server's own limit
+        (ServerApp.tornado_settings "websocket_max_message_size", 10 MiB unless set) is
+        raised to this value when it is lower, for every websocket of the server.""",
+    ).tag(config=True)
+
+    max_connections_per_user = Int(
+        64,
+        help="""Most collaboration websockets one user may have open on this node (default
+        64: a document open in a tab is one, plus one per browser window for presence).
+        One more is closed with 4430; the user's other connections, and other users, are
+        not affected. 0: no limit.""",
+    ).tag(config=True)
+
+    max_rooms_per_user = Int(
+        32,
+        help="""Most documents one user may hold open on this node (default 32). A document
+        counts for the users connected to it, or, while nobody is, for the last user who
+        opened or left it, until it is freed (document_cleanup_delay). At the limit, one of
+        the user's documents that nobody uses is freed at once to make room; when all are
+        in use, opening another answers 429 (websocket: 4430). Each open document holds up
+        to max_notebook_size of memory. 0: no limit.""",
     ).tag(config=True)
 
     max_notebook_size = Int(
@@ -487,6 +512,13 @@ class MeshCollabApp(ExtensionApp):
             raise TraitError(f"{proposal['trait'].name} must be > 0 bytes: {value!r}")
         return value
 
+    @validate("max_connections_per_user", "max_rooms_per_user")
+    def _validate_limit(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise TraitError(f"{proposal['trait'].name} must be >= 0 (0: no limit): {value!r}")
+        return value
+
     # -- state ------------------------------------------------------------------------------
 
     services: list[ServiceFactory]
@@ -567,8 +599,16 @@ class MeshCollabApp(ExtensionApp):
                 f"checkpoint_max_interval ({self.checkpoint_max_interval!r} s) must not be "
                 f"smaller than checkpoint_quiet_period ({self.checkpoint_quiet_period!r} s)"
             )
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        # 0700: the update log in it holds every document the node served, in clear.
+        Path(self.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         install_log_redaction()
+        # Tornado refuses a frame over its own limit (10 MiB unless set) before any handler
+        # sees it: never below ours, so that max_message_size is the one number. Above it,
+        # our rooms refuse the frame with the same close code.
+        self.settings["websocket_max_message_size"] = max(
+            self.settings.get("websocket_max_message_size") or _TORNADO_MAX_MESSAGE_SIZE,
+            self.max_message_size,
+        )
         cs3 = CS3Client(
             self.gateway,
             rpc_timeout=self.rpc_timeout,

@@ -362,6 +362,8 @@ class CS3ContentsManager(AsyncContentsManager):
                 )
             except (UnicodeDecodeError, ValueError) as exc:
                 raise HTTPError(400, f"Unreadable Notebook: {path!r} {exc}") from exc
+            except RecursionError as exc:  # JSON nested too deeply for json and nbformat
+                raise HTTPError(400, f"Unreadable Notebook: {path!r} nested too deeply") from exc
             self.mark_trusted_cells(nb, path)
             model.update(content=nb, format="json")
             self.validate_notebook_model(model, validation_error)
@@ -560,6 +562,14 @@ class CS3ContentsManager(AsyncContentsManager):
         return out
 
     def _encode_notebook(self, model: dict[str, Any], path: str) -> tuple[bytes, str | None]:
+        try:
+            return self._encode_notebook_content(model, path)
+        except RecursionError as exc:  # JSON nested too deeply for nbformat
+            raise HTTPError(400, f"Not a notebook: {path!r} nested too deeply") from exc
+
+    def _encode_notebook_content(
+        self, model: dict[str, Any], path: str
+    ) -> tuple[bytes, str | None]:
         try:
             nb = nbformat.from_dict(model["content"])
         except (TypeError, ValueError, AttributeError) as exc:

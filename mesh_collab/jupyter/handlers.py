@@ -9,6 +9,13 @@ The session id is the document's *lineage*: a client that reconnects with anothe
 session (the history was rebuilt) is told to reload (close code 1003) instead of merging
 into a foreign history.
 
+Every handler a browser reaches goes through jupyter_server's ``Authorizer`` on the resource
+``"contents"``, as jupyter-collaboration's own handlers do: ``read`` to open a session or
+join a room, and ``write`` to edit in it. A user the Authorizer allows to read but not to
+write joins read-only, as a viewer of the file does. Links from other nodes
+(:class:`FederationHandler`) carry no Jupyter user: the site's secret authenticates them,
+and each user's own node has asked its Authorizer about them.
+
 Close codes are those of :mod:`mesh_collab.close_codes`.
 """
 
@@ -22,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 from tornado.websocket import WebSocketHandler
@@ -39,7 +46,7 @@ from mesh_collab.federation.protocol import (
     VERSION_HEADER,
     credentials,
 )
-from mesh_collab.jupyter.api import api_handlers
+from mesh_collab.jupyter.api import AUTH_RESOURCE, api_handlers, may_write
 from mesh_collab.jupyter.fileids import resource_id_for
 from mesh_collab.jupyter.identity import MeshUser, mesh_state, session_for
 from mesh_collab.jupyter.websocket import TornadoChannel
@@ -91,6 +98,8 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         federation=federation,
         log=config.log,
         start_worker=config.start_worker,
+        max_connections_per_user=config.max_connections_per_user,
+        max_rooms_per_user=config.max_rooms_per_user,
     ) as server:
         state.server = server
         try:
@@ -179,9 +188,15 @@ def _parse_room(room_id: str) -> tuple[DocumentKind, ResourceId] | None:
 
 class SessionHandler(APIHandler):
     """``PUT /api/collaboration/session/<path>``: the document session of a notebook or a
-    text file. A binary or oversized file, or a folder, gets 415 with the reason."""
+    text file. A binary or oversized file, or a folder, gets 415 with the reason.
+
+    The Authorizer is asked for ``read`` (jupyter-collaboration asks ``write`` for this
+    PUT): a user who may only read opens the session too, and joins read-only."""
+
+    auth_resource = AUTH_RESOURCE
 
     @web.authenticated
+    @authorized("read")
     async def put(self, path: str) -> None:
         state = mesh_state(self)
         await state.wait_ready()
@@ -209,10 +224,13 @@ class SessionHandler(APIHandler):
             raise _session_error(exc, path) from exc
         try:
             room = await state.server.open(
-                rid, session, home=await home_of(state, session, rid), kind=kind
+                rid, session, home=await home_of(state, session, rid), kind=kind,
+                user=self.current_user.username,
             )
         except ValueError as exc:
             raise web.HTTPError(415, f"{path!r} cannot be opened here: {exc}") from exc
+        except errors.UserLimitExceeded as exc:
+            raise web.HTTPError(429, f"{path!r} cannot be opened: {exc}") from exc
         except errors.StorageError as exc:
             raise _session_error(exc, path) from exc
         self.set_status(201)
@@ -238,11 +256,13 @@ def _session_error(exc: errors.StorageError, path: str) -> web.HTTPError:
 class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
     """``/api/collaboration/room/<room id>``: y-websocket for a document or global awareness."""
 
+    # JupyterHandler has no ``auth_resource`` (APIHandler does): ``@authorized`` needs it.
+    auth_resource = AUTH_RESOURCE
     channel: TornadoChannel | None = None
 
+    @ws_authenticated
+    @authorized("read")
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        if self.current_user is None:
-            raise web.HTTPError(403, "authentication required")
         await super().get(*args, **kwargs)
 
     async def open(self, room_id: str) -> None:  # type: ignore[override]
@@ -278,10 +298,14 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if code is not None:
             await self.channel.close(code, reason)
             return
+        writable = writable and await may_write(self, user)
         try:
-            room = await server.open(rid, session, home=home, kind=kind)
+            room = await server.open(rid, session, home=home, kind=kind, user=user.username)
         except ValueError as exc:
             await self.channel.close(CloseCode.UNSUPPORTED_DOCUMENT, str(exc)[:120])
+            return
+        except errors.UserLimitExceeded as exc:
+            await self.channel.close(CloseCode.USER_LIMIT, str(exc)[:120])
             return
         except errors.StorageError as exc:
             log.warning("cannot open room=%s error=%s", rid, exc)

@@ -33,6 +33,7 @@ import dataclasses
 import hmac
 import html
 import json
+import math
 import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from traitlets import default
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
+from mesh_collab.rooms import valid_color
+from mesh_collab.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from mesh_collab.jupyter.app import MeshState
@@ -326,7 +329,15 @@ class CS3IdentityProvider(IdentityProvider):
         return model
 
     def update_user_model(self, current_user: User, user_data: dict[str, str]) -> User:  # type: ignore[override]
-        """Apply ``PATCH /api/me`` fields (``updatable_fields``) for this node's lifetime."""
+        """Apply ``PATCH /api/me`` fields (``updatable_fields``) for this node's lifetime.
+
+        Raises:
+            ValueError: ``color`` is neither a CSS hex color (``#rgb`` to ``#rrggbbaa``)
+                nor empty (no color); the server answers 400 and changes nothing.
+        """
+        color = user_data.get("color")
+        if color not in (None, "") and not valid_color(color):
+            raise ValueError(f"color must be a hex color like #1a2b3c: {str(color)[:64]!r}")
         kept = self._overrides.setdefault(current_user.username, {})
         for name in self.updatable_fields:
             if name in user_data:
@@ -383,11 +394,22 @@ label,input,button{{display:block;width:100%;margin:.3em 0}}
 """
 
 
+#: Where the node's login throttle lives: the web application's settings (one per server;
+#: a handler lives for one request).
+LOGIN_THROTTLE_SETTING = "mesh_collab_login_throttle"
+
+
 class CS3LoginHandler(LoginFormHandler):
     """``/login``: the token form in single-user mode, a CS3 user/password form in multi-user.
 
     A wrong user name or password shows the form again with a message and status 401; an
     unreachable gateway, status 503. The password goes to the gateway only.
+
+    Failed logins are throttled (:class:`~mesh_collab.throttle.LoginThrottle`, kept in the
+    settings under :data:`LOGIN_THROTTLE_SETTING`): after 5 failures of one user name, or 20
+    from one client address, in 5 minutes, the form answers 429 with ``Retry-After`` and
+    says how long to wait, without asking the gateway. A gateway that throttles (CS3
+    RESOURCE_EXHAUSTED) gets the same 429. The token form counts per address only.
     """
 
     @property
@@ -398,6 +420,11 @@ class CS3LoginHandler(LoginFormHandler):
     def _multi_user(self) -> bool:
         provider = self._provider
         return provider is not None and provider._state is not None and provider.multi_user
+
+    def _throttle(self) -> LoginThrottle:
+        throttle = self.settings.setdefault(LOGIN_THROTTLE_SETTING, LoginThrottle())
+        assert isinstance(throttle, LoginThrottle)
+        return throttle
 
     def _render(self, message: dict[str, str] | None = None) -> None:
         if not self._multi_user():
@@ -419,11 +446,29 @@ class CS3LoginHandler(LoginFormHandler):
             )
         )
 
+    def _refuse_throttled(self, wait: float | None) -> None:
+        self.set_status(429)
+        if wait:
+            seconds = math.ceil(wait)
+            self.set_header("Retry-After", str(seconds))
+            self._render({"error": f"Too many failed logins. Try again in {seconds} seconds."})
+        else:
+            self._render({"error": "Too many failed logins. Try again later."})
+
     @allow_unauthenticated
     async def post(self) -> None:
         provider = self._provider
+        address = self.request.remote_ip or ""
+        throttle = self._throttle()
         if provider is None or not self._multi_user():
+            wait = throttle.retry_after(None, address)
+            if wait:
+                self.log.warning("op=login address=%s throttled", address)
+                self._refuse_throttled(wait)
+                return
             super().post()
+            if self.get_status() == 401:
+                throttle.failed(None, address)
             return
         username = self.get_argument("username", default="").strip()
         password = self.get_argument("password", default="")
@@ -431,18 +476,31 @@ class CS3LoginHandler(LoginFormHandler):
             self.set_status(401)
             self._render({"error": "Enter your user name and password."})
             return
+        wait = throttle.retry_after(username, address)
+        if wait:
+            self.log.warning("op=login user=%r address=%s throttled", username, address)
+            self._refuse_throttled(wait)
+            return
         try:
             user = await provider.login(username, password)
         except (errors.PermissionDenied, errors.NotFound, errors.Unauthenticated):
-            self.log.info("op=login user=%s refused", username)
+            throttle.failed(username, address)
+            self.log.info("op=login user=%r address=%s refused", username, address)
             self.set_status(401)
             self._render({"error": "Wrong user name or password."})
             return
+        except errors.QuotaExceeded:
+            # The gateway's own throttle (CS3 RESOURCE_EXHAUSTED, the HTTP 429 of gRPC).
+            self.log.warning("op=login user=%r address=%s throttled by the storage",
+                             username, address)
+            self._refuse_throttled(None)
+            return
         except (errors.StorageUnavailable, TimeoutError):
-            self.log.warning("op=login user=%s storage unavailable", username)
+            self.log.warning("op=login user=%r storage unavailable", username)
             self.set_status(503)
             self._render({"error": "The storage of this site cannot be reached. Try again."})
             return
+        throttle.succeeded(username, address)
         self.current_user = user
         provider.set_login_cookie(self, user)
         self._redirect_safe(self.get_argument("next", default=self.base_url))

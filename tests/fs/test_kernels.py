@@ -46,7 +46,7 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
     gateway must not (deployments have it elsewhere anyway).
     """
     command = [sys.executable, "-m", "mesh_collab", "gateway", "--port", "0",
-               "--root", str(tmp_path / "gateway")]
+               "--root", str(tmp_path / "gateway"), "--demo-users"]
     async with await anyio.open_process(
         command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ) as process:

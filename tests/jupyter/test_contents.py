@@ -395,3 +395,32 @@ async def test_unreachable_storage_is_503(node_factory: NodeFactory, tmp_path: P
         await hosted.__aexit__(None, None, None)
     response = await node.contents("GET")
     assert response.status_code == 503, response.text
+
+
+def _nested(depth: int) -> bytes:
+    """A notebook whose metadata holds JSON nested ``depth`` deep."""
+    return (b'{"cells": [], "metadata": {"x": ' + b"[" * depth + b"]" * depth
+            + b'}, "nbformat": 4, "nbformat_minor": 5}')
+
+
+@pytest.mark.parametrize("depth", [100_000, 600])
+async def test_a_deeply_nested_notebook_is_refused_not_an_internal_error(
+    node: Node, einstein: Session, depth: int
+) -> None:
+    """JSON nested too deeply for the parsers (100,000 deep: 195 KB) answers what any other
+    file that is not a notebook answers: 400 from the contents API, 415 from the
+    collaboration session; never 500."""
+    await einstein.files.write("/home/einstein/deep.ipynb", _nested(depth))
+    got = await node.contents("GET", "deep.ipynb")
+    assert got.status_code == 400, got.text
+    session = await node.api(
+        "PUT", "collaboration/session/deep.ipynb", body={"format": "json", "type": "notebook"}
+    )
+    assert session.status_code == 415, session.text
+    put = await node.contents(
+        "PUT", "deep-copy.ipynb", content=b'{"type": "notebook", "content": ' + _nested(depth)
+        + b"}",
+    )
+    assert put.status_code == 400, put.text
+    # The node serves on.
+    assert (await node.contents("GET")).status_code == 200

@@ -11,9 +11,11 @@ import httpx
 import pytest
 from tornado.web import HTTPError
 
+from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client
 from mesh_collab.cs3.gateway import EmbeddedGateway
-from mesh_collab.jupyter.identity import MeshUser, Sessions
+from mesh_collab.jupyter.identity import LOGIN_THROTTLE_SETTING, MeshUser, Sessions
+from mesh_collab.throttle import LoginThrottle
 from tests.jupyter.conftest import TOKEN
 
 Node = Any
@@ -138,6 +140,67 @@ async def test_multi_user_bad_password(multi: Node) -> None:
         assert (await multi.api("GET", "me", http=http)).status_code == 403
         unknown = await multi.login(http, "nobody", "whatever")
         assert unknown.status_code == 401
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to (login throttles)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_multi_user_failed_logins_are_throttled(
+    node_factory: NodeFactory, gateway_factory: Any
+) -> None:
+    clock = FakeClock()
+    gateway = await gateway_factory(site="site-a", login_throttle=LoginThrottle(clock=clock))
+    node = await node_factory(gateway, auth_mode="multi-user")
+    node.app.web_app.settings[LOGIN_THROTTLE_SETTING] = LoginThrottle(clock=clock)
+    async with browser() as http:
+        for _ in range(5):
+            assert (await node.login(http, "einstein", "guess")).status_code == 401
+        # The right password now gets a clear refusal, not a login (nor a wait).
+        refused = await node.login(http, "einstein", "relativity")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "300"
+        assert "Too many failed logins. Try again in 300 seconds." in refused.text
+        assert 'name="password"' in refused.text  # the form again
+        assert not any(c.startswith("username-") for c in http.cookies)
+    async with browser() as other:  # another user from the same address is not affected
+        assert (await node.login(other, "marie", "radioactivity")).status_code == 302
+    clock.now += 300
+    async with browser() as http:
+        assert (await node.login(http, "einstein", "relativity")).status_code == 302
+
+
+async def test_multi_user_login_refused_by_a_throttling_gateway_is_429(
+    node_factory: NodeFactory, gateway_factory: Any, cs3_client_factory: Any
+) -> None:
+    gateway = await gateway_factory(site="site-a", login_throttle=LoginThrottle())
+    node = await node_factory(gateway, auth_mode="multi-user")
+    cs3 = await cs3_client_factory(gateway.grpc_address)
+    for _ in range(5):  # guesses made at the gateway itself, past the node
+        with pytest.raises(errors.PermissionDenied):
+            await cs3.login("einstein", "guess")
+    async with browser() as http:
+        response = await node.login(http, "einstein", "relativity")
+        assert response.status_code == 429
+        assert "Too many failed logins. Try again later." in response.text
+
+
+async def test_single_user_login_form_is_throttled_per_address(node: Node) -> None:
+    node.app.web_app.settings[LOGIN_THROTTLE_SETTING] = LoginThrottle(max_per_address=3)
+    async with browser() as http:
+        _, xsrf = await node.login_form(http)
+        for password in ("a", "b", "c", node.token):
+            response = await http.post(f"{node.url}login",
+                                       data={"password": password, "_xsrf": xsrf},
+                                       follow_redirects=False)
+        assert response.status_code == 429
+        assert "Too many failed logins" in response.text
 
 
 async def test_multi_user_ignores_the_jupyter_token(multi: Node) -> None:

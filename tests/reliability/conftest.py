@@ -64,7 +64,7 @@ class GatewayProcess:
         args = [
             sys.executable, "-m", "mesh_collab", "gateway", "--host", "127.0.0.1",
             "--port", str(self.grpc_port), "--data-port", str(self.data_port),
-            "--root", str(self.root), "--site", "site-a",
+            "--root", str(self.root), "--site", "site-a", "--demo-users",
         ]
         self.starts += 1
         with self.log_path.open("ab") as log:

@@ -23,7 +23,7 @@ import pytest
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role
-from tests.helpers import append
+from tests.helpers import append, eventually
 from tests.jupyter.conftest import Node, NodeFactory
 from tests.reliability.conftest import DATA
 from tests.reliability.yclient import YClient
@@ -248,3 +248,46 @@ async def test_no_secret_in_any_log_line(
     leaked = [s[:6] + "..." for s in secrets if s and s in text]
     assert not leaked, f"secrets in logs: {leaked}"
     assert not re.search(r"/datagateway/(?!<redacted>)[A-Za-z0-9_\-.]{8,}", text)
+
+
+async def test_global_presence_shows_a_user_only_their_own_windows(world: World) -> None:
+    """JupyterLab publishes in its global awareness which file each window shows
+    (``current``): nobody else may learn it, nor that the user is online. Collaborators still
+    see one another in the rooms of the documents they both have open."""
+    presence_url = world.room_url.rsplit("/", 1)[0] + "/JupyterLab:globalAwareness"
+    secret = "notebook:private/secret.ipynb"
+    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+
+        async def join(url: str, user: str) -> YClient:
+            c: YClient = await tg.start(
+                YClient(url, headers={"Cookie": world.cookies[user]}).run, http)
+            await c.until(c.synced.is_set)
+            return c
+
+        einstein = await join(presence_url, "einstein")
+        await einstein.set_awareness(einstein.doc.client_id, 1, {"current": secret})
+        # His other window sees it: the node holds it.
+        window = await join(presence_url, "einstein")
+        await window.until(
+            lambda: (window.awareness.get(einstein.doc.client_id) or {}).get("current") == secret
+        )
+        # A newcomer gets every state the room holds before its sync completes.
+        marie = await join(presence_url, "marie")
+        assert einstein.doc.client_id not in marie.awareness
+        assert not any(secret in repr(state) for state in marie.awareness.values())
+        assert not any((state or {}).get("user", {}).get("username") == "einstein"
+                       for state in marie.awareness.values())
+        # In the notebook both have open, they see each other's cursors.
+        e_doc = await join(world.room_url, "einstein")
+        m_doc = await join(world.room_url, "marie")
+        await e_doc.set_awareness(e_doc.doc.client_id, 1, {"cursors": [{"head": 3}]})
+        seen = await m_doc.until(lambda: m_doc.awareness.get(e_doc.doc.client_id))
+        assert seen["user"]["username"] == "einstein" and seen["cursors"] == [{"head": 3}]
+        for c in (einstein, window, marie, e_doc, m_doc):
+            await c.close()
+
+    async def no_presence_room() -> bool:
+        return not world.node.state.server.awareness_rooms
+
+    # A user's presence room goes with their last window: the node keeps none per user.
+    await eventually(no_presence_room)

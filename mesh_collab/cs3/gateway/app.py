@@ -9,8 +9,10 @@ lock rules of Reva master/EOS (``"eos"``, default) or Reva edge/decomposedfs (``
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
+import stat
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +23,8 @@ import anyio
 import grpc
 from aiohttp import web
 from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
+
+from mesh_collab.throttle import LoginThrottle
 
 from .core import Core
 from .db import MetaDB
@@ -36,6 +40,8 @@ from .tokens import TokenSigner
 from .users import UserDirectory
 
 _GRACE = 2.0
+#: Password checks at once (each argon2 check holds ~64 MiB for ~0.1 s).
+_LOGIN_CONCURRENCY = 4
 
 
 class EmbeddedGateway(anyio.AsyncContextManagerMixin):
@@ -54,11 +60,15 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         port: the gRPC port; 0 picks a free one.
         data_port: the HTTP port; 0 picks a free one.
         users: a Reva-style ``users.json``; None for the demo users (einstein/relativity,
-            marie/radioactivity, richard/superfluidity).
+            marie/radioactivity, richard/superfluidity), whose passwords are public: a
+            warning is logged when they are served on an address other than loopback.
         lock_profile: ``"eos"`` (Reva master) or ``"edge"`` (Reva edge).
         domain: the OCM domain and default idp; default the HTTP authority (``host:port``).
         token_lifetime: access token validity in seconds.
         max_upload_size: largest accepted upload in bytes (413 / RESOURCE_EXHAUSTED above).
+        login_throttle: counts failed basic logins; default :class:`LoginThrottle` with 5
+            failures per account and 100 per client address in 5 minutes (every node of the
+            site logs its users in from its one address).
         log: the logger; default ``mesh_collab.cs3.gateway``.
 
     Raises:
@@ -79,6 +89,7 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         domain: str | None = None,
         token_lifetime: float = 86400,
         max_upload_size: int = 512 * 2**20,
+        login_throttle: LoginThrottle | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         rules_for(lock_profile)  # fail early on a bad profile
@@ -94,6 +105,7 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         self._domain = domain
         self._token_lifetime = token_lifetime
         self._max_upload_size = max_upload_size
+        self._throttle = login_throttle or LoginThrottle(max_per_account=5, max_per_address=100)
         self._log = log or logging.getLogger("mesh_collab.cs3.gateway")
         self._grpc_port: int | None = None
         self._http_port: int | None = None
@@ -135,7 +147,17 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[EmbeddedGateway]:
-        self._root.mkdir(parents=True, exist_ok=True)
+        # The root holds the token secrets (meta.sqlite) and every user's files.
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(self._root.stat().st_mode)
+        if mode & 0o077:
+            self._log.warning(
+                "gateway root %s has mode %o: open to its group or others (chmod 700)",
+                self._root, mode,
+            )
+        if self._users_file is None and not _loopback(self._host):
+            self._log.warning("serving the demo users, whose passwords are public, on %s",
+                              self._host)
         # Bind the HTTP socket first: the domain (and the users' idp) derive from its port.
         sock = _bind(self._host, self._data_port)
         db: MetaDB | None = None
@@ -194,7 +216,8 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
             site=self._site, domain=domain, http_url=self.http_url, users=users,
             tokens=tokens, ns=namespace, storage=storage, shares=shares, ocm=OcmStore(db),
             discovery=Discovery(session, self._log), max_upload_size=self._max_upload_size,
-            log=self._log,
+            log=self._log, throttle=self._throttle,
+            login_limiter=anyio.CapacityLimiter(_LOGIN_CONCURRENCY),
         )
 
 
@@ -210,6 +233,16 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _bracket(host: str) -> str:

@@ -13,14 +13,19 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
+import anyio
 import grpc
 from cs3.identity.user.v1beta1 import resources_pb2 as user_res
 from cs3.rpc.v1beta1 import status_pb2
 from cs3.types.v1beta1 import types_pb2
 from google.protobuf.message import Message
+
+from mesh_collab.throttle import LoginThrottle
 
 from .namespace import Namespace
 from .ocm import Discovery, OcmStore
@@ -31,6 +36,9 @@ from .tokens import TokenSigner
 from .users import UserDirectory, UserRecord
 
 TOKEN_HEADER = "x-access-token"
+
+#: The client address of the RPC being handled (set by :func:`rpc` for the handler's task).
+call_peer: ContextVar[str] = ContextVar("mesh_collab_gateway_peer", default="")
 
 R = TypeVar("R", bound=Message)
 
@@ -51,6 +59,10 @@ class Core:
     discovery: Discovery
     max_upload_size: int
     log: logging.Logger
+    #: Failed basic logins per account and per client address (``Authenticate``).
+    throttle: LoginThrottle
+    #: Password checks running at once (an argon2 check takes ~64 MiB for ~0.1 s).
+    login_limiter: anyio.CapacityLimiter
 
     def user_from_token(self, token: str) -> UserRecord:
         """Return the user an access token belongs to.
@@ -86,6 +98,19 @@ def metadata_token(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+def peer_address(peer: str) -> str:
+    """Return the IP address of a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``).
+
+    Other peers (``unix:/path``) are returned as they are.
+    """
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return peer
+
+
 def opaque_str(opaque: types_pb2.Opaque, key: str) -> str:
     """Return a "plain" opaque entry as text, or ``""``."""
     entry = opaque.map.get(key)
@@ -117,6 +142,7 @@ def rpc(response: type[R], *, public: bool = False) -> Callable[[Handler[R]], An
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
             trace = uuid.uuid4().hex
             log: logging.Logger = self.core.log
+            call_peer.set(peer_address(context.peer() or ""))
             try:
                 user = None
                 if not public:

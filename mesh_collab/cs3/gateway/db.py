@@ -1,14 +1,16 @@
 """The gateway's metadata database: one SQLite file in WAL mode.
 
 Everything that is not file content lives here: node ids, arbitrary metadata, locks,
-versions, shares, OCM shares and the JWT secrets. All calls are short and run on the event
-loop's thread (one connection, ``check_same_thread`` on); only file content is moved on
-worker threads. Writes that must be atomic (SetLock races, share creation) run in
-:meth:`MetaDB.transaction`, which opens ``BEGIN IMMEDIATE``.
+versions, shares, OCM shares and the JWT secrets, so the file (and its -wal and -shm) has
+mode 0600. All calls are short and run on the event loop's thread (one connection,
+``check_same_thread`` on); only file content is moved on worker threads. Writes that must
+be atomic (SetLock races, share creation) run in :meth:`MetaDB.transaction`, which opens
+``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -113,6 +115,7 @@ class MetaDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        private_file(path)
         # isolation_level=None: autocommit, transactions are explicit (BEGIN IMMEDIATE).
         self._conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         self._conn.row_factory = sqlite3.Row
@@ -167,3 +170,15 @@ class MetaDB:
                 "INSERT INTO settings (key, value) VALUES (?, ?)", (f"secret:{name}", value)
             )
             return value
+
+
+def private_file(path: Path) -> None:
+    """Create the SQLite file ``path`` with mode 0600, or set that mode on it and its -wal
+    and -shm files. SQLite creates -wal and -shm with the mode of the database file, so none
+    is ever readable by others, whatever the umask."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        try:
+            os.chmod(path.with_name(name), 0o600)
+        except FileNotFoundError:
+            pass  # -wal and -shm exist only while the database is open

@@ -10,10 +10,11 @@ methods, which keep the gRPC default.
 
 from __future__ import annotations
 
-import hmac
+import math
 import time
 from typing import Any
 
+import anyio.to_thread
 from cs3.auth.registry.v1beta1 import registry_api_pb2
 from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
 from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
@@ -26,7 +27,7 @@ from cs3.storage.provider.v1beta1 import resources_pb2 as res
 from google.protobuf import message_factory
 
 from .content import Conditions
-from .core import Core, opaque_str, rpc
+from .core import Core, call_peer, opaque_str, rpc
 from .namespace import Node
 from .ocm_rpcs import OcmRpcs
 from .status import (
@@ -61,14 +62,13 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
 
         "bearer" takes a JWT this gateway issued earlier (``client_secret``; ``client_id`` is
         ignored, as Reva's OIDC manager does) and exchanges it for a fresh token.
+
+        "basic" answers an unknown user and a wrong password alike (PERMISSION_DENIED "wrong
+        user name or password"), and refuses with RESOURCE_EXHAUSTED "too many failed logins:
+        try again in N s" once :attr:`Core.throttle` says so, without checking the password.
         """
-        users = self.core.users
         if req.type == "basic":
-            rec = users.by_username(req.client_id)
-            if rec is None:
-                raise GatewayError(NOT_FOUND, "user not found")
-            if not hmac.compare_digest(rec.secret.encode(), req.client_secret.encode()):
-                raise GatewayError(PERMISSION_DENIED, "wrong password")
+            rec = await self._check_password(req.client_id, req.client_secret)
         elif req.type == "bearer":
             rec = self.core.user_from_token(req.client_secret)
         else:
@@ -78,6 +78,28 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
         token = self.core.tokens.issue(rec.to_claims(), idp=rec.idp)
         self.core.log.info("op=Authenticate user=%s type=%s", rec.username, req.type)
         return gw.AuthenticateResponse(token=token, user=rec.to_proto())
+
+    async def _check_password(self, username: str, password: str) -> UserRecord:
+        core = self.core
+        address = call_peer.get()
+        # The throttle is asked once the check may run: attempts queued behind the limiter
+        # see the failures of those before them.
+        async with core.login_limiter:
+            wait = core.throttle.retry_after(username, address)
+            if wait:
+                core.log.warning("op=Authenticate user=%r address=%s throttled", username,
+                                 address)
+                raise GatewayError(
+                    RESOURCE_EXHAUSTED,
+                    f"too many failed logins: try again in {math.ceil(wait)} s",
+                )
+            rec = await anyio.to_thread.run_sync(core.users.authenticate, username, password)
+            if rec is None:
+                core.throttle.failed(username, address)
+                core.log.info("op=Authenticate user=%r address=%s refused", username, address)
+                raise GatewayError(PERMISSION_DENIED, "wrong user name or password")
+            core.throttle.succeeded(username, address)
+        return rec
 
     @rpc(gw.WhoAmIResponse)
     async def WhoAmI(self, req: gw.WhoAmIRequest, user: UserRecord) -> Any:

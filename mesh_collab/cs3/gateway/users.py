@@ -9,20 +9,37 @@ The file format is the one of Reva's ``json`` user and auth managers
 
 ``id.idp`` defaults to the gateway's domain and ``id.opaque_id`` to a uuid5 of the username,
 so a minimal entry needs only ``username`` and ``secret``.
+
+``secret`` is the password in clear (as in Reva's file) or, better, an argon2 hash prefixed
+with ``argon2:``, the format of ``jupyter_server.auth.passwd()``::
+
+    python -c "import argon2; print('argon2:' + argon2.PasswordHasher().hash(input()))"
+
+An empty secret is refused. A malformed file is refused with the entry's number, its line and
+the field at fault, never with the entry's content (which may hold a password).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import re
+import secrets
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import argon2
 from cs3.identity.user.v1beta1 import resources_pb2 as user_res
 
 _USER_NS = uuid.UUID("6f1d2c43-5d1a-4f47-9a54-5b0d7e7c1a11")
+
+#: The prefix of a hashed secret (jupyter_server's ``passwd()`` format).
+ARGON2_PREFIX = "argon2:"
+_HASHER = argon2.PasswordHasher()
+_WS = re.compile(r"[ \t\n\r]*")
 
 DEMO_USERS: tuple[dict[str, Any], ...] = (
     {"username": "einstein", "secret": "relativity", "display_name": "Albert Einstein",
@@ -32,6 +49,10 @@ DEMO_USERS: tuple[dict[str, Any], ...] = (
     {"username": "richard", "secret": "superfluidity", "display_name": "Richard Feynman",
      "mail": "richard@example.org", "groups": ["quantum-lovers", "physics-lovers"]},
 )
+
+
+class UsersFileError(ValueError):
+    """Raised when a users file is malformed; the message never quotes the file's content."""
 
 
 def default_opaque_id(username: str) -> str:
@@ -44,12 +65,27 @@ class UserRecord:
     """One user known to the gateway."""
 
     username: str
-    secret: str
+    #: The password, or ``argon2:<hash>``; kept out of ``repr`` (tracebacks, logs).
+    secret: str = field(repr=False)
     idp: str
     opaque_id: str
     display_name: str = ""
     mail: str = ""
     groups: tuple[str, ...] = field(default=())
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the secret is an argon2 hash (checking it takes ~0.1 s of CPU)."""
+        return self.secret.startswith(ARGON2_PREFIX)
+
+    def check_secret(self, password: str) -> bool:
+        """Return whether ``password`` is this user's (constant time; blocking if hashed)."""
+        if not self.hashed:
+            return hmac.compare_digest(self.secret.encode(), password.encode())
+        try:
+            return bool(_HASHER.verify(self.secret[len(ARGON2_PREFIX):], password))
+        except argon2.exceptions.VerificationError:
+            return False
 
     def user_id(self) -> user_res.UserId:
         """Return the CS3 ``UserId`` of this user (type PRIMARY)."""
@@ -96,6 +132,14 @@ class UserDirectory:
                 raise ValueError(f"duplicate user {rec.username!r} / {rec.opaque_id!r}")
             self._by_name[rec.username] = rec
             self._by_id[rec.opaque_id] = rec
+        # Checked for unknown user names when secrets are hashed, so that a refusal takes
+        # as long whether the user exists or not.
+        self._decoy: UserRecord | None = None
+        if any(rec.hashed for rec in self._by_name.values()):
+            self._decoy = UserRecord(
+                username="", secret=ARGON2_PREFIX + _HASHER.hash(secrets.token_urlsafe(16)),
+                idp="", opaque_id="",
+            )
 
     @classmethod
     def load(cls, path: Path | None, *, idp: str) -> UserDirectory:
@@ -103,15 +147,43 @@ class UserDirectory:
 
         Raises:
             OSError: if the file cannot be read.
-            ValueError: if the file is not a JSON list of users with username and secret.
+            UsersFileError: if the file is not a JSON list of users with a username and a
+                non-empty secret each, or names a user twice.
         """
         if path is None:
-            entries: list[Any] = [dict(u) for u in DEMO_USERS]
-        else:
-            entries = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(entries, list):
-                raise ValueError(f"users file {str(path)!r} must hold a JSON list")
-        return cls(_record(entry, idp) for entry in entries)
+            return cls(_record(dict(entry), idp) for entry in DEMO_USERS)
+        text = Path(path).read_text(encoding="utf-8")
+        records: list[UserRecord] = []
+        names: dict[str, int] = {}  # username -> entry number
+        ids: dict[str, int] = {}  # opaque id -> entry number
+        for number, line, entry in _entries(text, str(path)):
+            where = f"users file {str(path)!r}, entry {number} (line {line})"
+            try:
+                rec = _record(entry, idp)
+            except ValueError as exc:
+                raise UsersFileError(f"{where}: {exc}") from None
+            for field_name, seen, value in (
+                ("username", names, rec.username), ("id.opaque_id", ids, rec.opaque_id)
+            ):
+                if value in seen:
+                    raise UsersFileError(
+                        f"{where}: '{field_name}' is the same as in entry {seen[value]}"
+                    )
+                seen[value] = number
+            records.append(rec)
+        return cls(records)
+
+    def authenticate(self, username: str, password: str) -> UserRecord | None:
+        """Return the user if ``password`` is theirs, else None (also for an unknown user).
+
+        Blocking when secrets are hashed (~0.1 s of CPU): call it on a worker thread.
+        """
+        rec = self._by_name.get(username)
+        if rec is None:
+            if self._decoy is not None:
+                self._decoy.check_secret(password)
+            return None
+        return rec if rec.check_secret(password) else None
 
     def all(self) -> list[UserRecord]:
         """Return every user, sorted by username."""
@@ -142,20 +214,82 @@ class UserDirectory:
         return self._by_name.get(text) or self._by_id.get(text)
 
 
-def _record(entry: Mapping[str, Any], idp: str) -> UserRecord:
+def _entries(text: str, name: str) -> Iterator[tuple[int, int, Any]]:
+    """Yield (number from 1, line, value) for each element of the JSON list in ``text``."""
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0  # the line of position `counted`, advanced as the parse goes
+
+    def line_of(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    def fail(what: str, pos: int) -> UsersFileError:
+        column = pos - text.rfind("\n", 0, pos)
+        return UsersFileError(
+            f"users file {name!r}: {what} at line {line_of(pos)} column {column}"
+        )
+
+    def skip(pos: int) -> int:  # past the JSON whitespace at pos
+        match = _WS.match(text, pos)
+        return match.end() if match else pos
+
+    pos = skip(0)
+    if not text.startswith("[", pos):
+        raise fail("expected a JSON list of users", pos)
+    number = 0
+    pos = skip(pos + 1)
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                # Its message names a position only; its .doc (the whole file) is dropped.
+                raise fail(f"not valid JSON ({exc.msg})", exc.pos) from None
+            number += 1
+            yield number, line_of(pos), value
+            pos = skip(end)
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            if not text.startswith(",", pos):
+                raise fail("expected ',' or ']'", pos)
+            pos = skip(pos + 1)
+    if text[pos:].strip(" \t\n\r"):
+        raise fail("unexpected text after the list", pos)
+
+
+def _record(entry: Any, idp: str) -> UserRecord:
+    # The messages name the field at fault, never a value: a misplaced password must not
+    # reach a log.
     if not isinstance(entry, Mapping):
-        raise ValueError(f"a user entry must be an object, not {entry!r}")
+        raise ValueError("a user entry must be a JSON object")
     username = entry.get("username")
     secret = entry.get("secret")
     if (
         not isinstance(username, str) or not username or username[0] == "."
         or any(ch in username for ch in "/\\\x00")
     ):
-        raise ValueError(f"bad username in users file: {username!r}")
-    if not isinstance(secret, str):
-        raise ValueError(f"user {username!r} needs a string secret")
+        raise ValueError(
+            "'username' must be a non-empty string without '/', '\\' or NUL, not starting "
+            "with '.'"
+        )
+    if not isinstance(secret, str) or not secret:
+        raise ValueError("'secret' must be a non-empty string")
+    if secret.startswith(ARGON2_PREFIX):
+        try:
+            argon2.extract_parameters(secret[len(ARGON2_PREFIX):])
+        except argon2.exceptions.InvalidHashError:
+            raise ValueError("'secret' starts with 'argon2:' but is not an argon2 hash") from None
     ident = entry.get("id") or {}
+    if not isinstance(ident, Mapping):
+        raise ValueError("'id' must be a JSON object")
     groups = entry.get("groups") or []
+    if not isinstance(groups, list):
+        raise ValueError("'groups' must be a JSON list")
     return UserRecord(
         username=username,
         secret=secret,

@@ -34,7 +34,7 @@ def ref(path: str) -> res.Reference:
     [
         ("basic", "einstein", "relativity", OK),
         ("basic", "einstein", "wrong", c.CODE_PERMISSION_DENIED),
-        ("basic", "nobody", "x", c.CODE_NOT_FOUND),
+        ("basic", "nobody", "x", c.CODE_PERMISSION_DENIED),
         ("kerberos", "einstein", "relativity", c.CODE_INTERNAL),
         ("bearer", "", "not-a-jwt", c.CODE_PERMISSION_DENIED),
     ],

@@ -19,7 +19,8 @@ from gateway_helpers import OK
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_cli_gateway(tmp_path: Path, signum: signal.Signals) -> None:
     args = [sys.executable, "-m", "mesh_collab", "gateway", "--port", "0",
-            "--root", str(tmp_path / "data"), "--site", "site-x", "--lock-profile", "edge"]
+            "--root", str(tmp_path / "data"), "--site", "site-x", "--lock-profile", "edge",
+            "--demo-users"]
     async with await anyio.open_process(args, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None
