@@ -2,27 +2,32 @@
 
 A checkpoint writes two things:
 
-* the CRDT state of the document (its *lineage*) in a hidden sidecar file beside it, named
-  after the file's opaque id (a rename does not lose it) and after the sha256 of the file
-  content it is the state of: ``.~mesh_collab.<opaque_id>.<sha256[:32]>.ystate``. The
-  sidecar starts with a small header that repeats that sha256 and the lineage id;
+* the CRDT state of the document (its *lineage*) in one of two hidden sidecar files beside
+  it, named after the file's opaque id (a rename does not lose them):
+  ``.~mesh_collab.<opaque_id>.a.ystate`` and ``...b.ystate``, the one the last checkpoint
+  did not use. A sidecar starts with a small header that gives the sha256 of the file
+  content it is the state of, and the lineage id;
 * then the file itself, a valid ``.ipynb`` or the text as typed (so every other tool sees a
   normal file, and CS3 keeps each checkpoint as a version), under our lock and only if the
   etag is still the one we last saw;
-* then the file's CS3 arbitrary metadata says which content the last checkpoint wrote, and
-  the previous checkpoint's sidecar is deleted:
+* then the file's CS3 arbitrary metadata says what the last checkpoint wrote:
 
   ============================  =============================================
   ``mesh_collab.lineage``       the lineage id of the CRDT history
   ``mesh_collab.sha256``        sha256 of the file bytes of the last checkpoint
+  ``mesh_collab.slot``          its sidecar, ``a`` or ``b``
   ============================  =============================================
 
-A reader finds the state of the file's very bytes by their sha256, whatever point of a
+A reader finds the state of the file's very bytes by the sha256 in the sidecars' headers,
+whatever point of a
 checkpoint the writer has reached (or died at): a checkpoint is never mistaken for a change
 made outside, which a merge would insert a second time. When no sidecar is of these bytes
 (someone changed the file outside mesh_collab), the last checkpoint's state is the base of
-the three-way merge. Sidecars are only ever looked up by these names beside the file, never
-by a pointer that storage data could aim elsewhere, and are read up to a size cap. Where the
+the three-way merge. Two slots, not one file per checkpoint: nothing is deleted (a delete
+would fill the recycle bin at every checkpoint), and the slot being written is never the
+one that holds the state of the file as it is. Sidecars are only ever looked up by these
+names beside the file, never by a pointer that storage data could aim elsewhere, and are
+read up to a size cap. Where the
 writer may not create files beside the document (a single-file share), the sidecar is
 skipped with a warning; the node's local update log still holds the lineage.
 """
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 
 META_LINEAGE = "mesh_collab.lineage"
 META_SHA = "mesh_collab.sha256"
+META_SLOT = "mesh_collab.slot"
+SLOTS = ("a", "b")
 SIDECAR_PREFIX = ".~mesh_collab."
 _SIDECAR_MAGIC = b"mesh_collab.ystate.1\n"
 
@@ -145,10 +152,10 @@ class CS3DocumentStore:
         """
         info, data = await self.read_bytes(session)
         digest = sha256(data)
-        found = await self._read_sidecar(session, info, digest)
-        recorded = info.metadata.get(META_SHA, "")
-        if found is None and recorded and recorded != digest:
-            found = await self._read_sidecar(session, info, recorded)
+        states = [await self._read_sidecar(session, info, slot) for slot in SLOTS]
+        exact = [found for found in states if found and found[2] == digest]
+        last = [found for found in states if found and found[2] == info.metadata.get(META_SHA)]
+        found = (exact or last or [None])[0]
         return StoredDocument(
             info=info,
             data=data,
@@ -158,11 +165,11 @@ class CS3DocumentStore:
             state_sha256=found[2] if found else None,
         )
 
-    async def _read_sidecar(self, session: Session, info: FileInfo, digest: str
+    async def _read_sidecar(self, session: Session, info: FileInfo, slot: str
                             ) -> tuple[str, bytes, str] | None:
-        """``(lineage, state, sha256)`` of the sidecar of the content ``digest``, or None
-        when there is none (or it is unreadable, too large, or not what its name says)."""
-        path = _sidecar_path(info, digest)
+        """``(lineage, state, sha256 of the content it is the state of)`` of a sidecar, or
+        None when there is none (or it is unreadable or too large)."""
+        path = _sidecar_path(info, slot)
         try:
             stat = await session.files.stat(path)
             if stat.size > 4 * self.max_size:
@@ -172,9 +179,6 @@ class CS3DocumentStore:
             return None
         except (errors.PermissionDenied, ValueError) as exc:
             log.warning("crdt state unreadable ref=%s error=%s", self.resource_id, exc)
-            return None
-        if of != digest:
-            log.warning("crdt state of other content ignored ref=%s", self.resource_id)
             return None
         return lineage, state, of
 
@@ -209,25 +213,24 @@ class CS3DocumentStore:
             raise errors.Conflict("etag mismatch", op="checkpoint", ref=str(self.resource_id),
                                   code="etag")
         lock_id = lock.lock_id if lock else ""
-        previous = before.metadata.get(META_SHA, "")
+        slot = "b" if before.metadata.get(META_SLOT) == "a" else "a"
         try:
             # The state first: a reader who meets the new file finds the state of its bytes.
-            await session.files.write(_sidecar_path(before, digest),
+            await session.files.write(_sidecar_path(before, slot),
                                       _sidecar_bytes(digest, lineage, state),
                                       disable_versioning=True)
         except (errors.PermissionDenied, errors.QuotaExceeded) as exc:
             log.warning("crdt state not stored beside ref=%s error=%s", self.resource_id, exc)
-        # A failed upload leaves that sidecar behind: the upload may have reached storage
-        # (an answer lost on the way back), and then the file's state is in it.
+        # After a failed upload the slot is used again next time, unless the upload reached
+        # storage (an answer lost on the way back): then it holds the file's state.
         info = await session.files.write(self.resource_id, data, lock=lock, if_match=if_match)
         try:
             await session.files.set_metadata(
-                self.resource_id, {META_LINEAGE: lineage, META_SHA: digest}, lock_id=lock_id
+                self.resource_id, {META_LINEAGE: lineage, META_SHA: digest, META_SLOT: slot},
+                lock_id=lock_id,
             )
         except (errors.PermissionDenied, errors.QuotaExceeded) as exc:
             log.warning("checkpoint metadata not stored ref=%s error=%s", self.resource_id, exc)
-        if previous and previous != digest:
-            await self._delete_sidecar(session, before, previous)
         # Metadata writes may change the etag: learn the one we will compare against, unless
         # the content changed too (another writer came after our upload): then keep our
         # upload's, so that the next look at the file sees that write as a change.
@@ -236,17 +239,10 @@ class CS3DocumentStore:
             info = after
         return info, digest
 
-    async def _delete_sidecar(self, session: Session, info: FileInfo, digest: str) -> None:
-        try:
-            await session.files.delete(_sidecar_path(info, digest))
-        except errors.StorageError as exc:
-            # Litter, not harm: a sidecar is only read for the content its name gives.
-            log.info("old crdt state not deleted ref=%s error=%s", self.resource_id, exc)
 
-
-def _sidecar_path(info: FileInfo, digest: str) -> str:
+def _sidecar_path(info: FileInfo, slot: str) -> str:
     folder = posixpath.dirname(info.path)
-    return posixpath.join(folder, f"{SIDECAR_PREFIX}{info.id.opaque_id}.{digest[:32]}.ystate")
+    return posixpath.join(folder, f"{SIDECAR_PREFIX}{info.id.opaque_id}.{slot}.ystate")
 
 
 def _sidecar_bytes(digest: str, lineage: str, state: bytes) -> bytes:

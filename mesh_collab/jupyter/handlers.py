@@ -89,6 +89,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         max_notebook_size=config.max_notebook_size,
     )
     path = Path(config.data_dir) / "updates.sqlite"
+    multi_user = config.auth_mode == "multi-user"
     async with UpdateLog(
         path, sync_interval=config.log_sync_interval, log=config.log
     ) as updatelog, CollabServer(
@@ -98,8 +99,10 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         federation=federation,
         log=config.log,
         start_worker=config.start_worker,
-        max_connections_per_user=config.max_connections_per_user,
-        max_rooms_per_user=config.max_rooms_per_user,
+        # Per-user budgets need users: in single-user mode, everybody with the token is
+        # the one user of the server (its owner), as in stock Jupyter.
+        max_connections_per_user=config.max_connections_per_user if multi_user else 0,
+        max_rooms_per_user=config.max_rooms_per_user if multi_user else 0,
     ) as server:
         state.server = server
         try:

@@ -208,7 +208,9 @@ async def test_a_user_at_the_connection_limit_is_refused_and_nobody_else_is(
 async def test_the_limits_over_http_and_websockets(
     node_factory: NodeFactory, gateway: Any, einstein: Session
 ) -> None:
-    node = await node_factory(gateway, max_rooms_per_user=2, max_connections_per_user=2)
+    node = await node_factory(gateway, auth_mode="multi-user", cs3_username="einstein",
+                              cs3_password="relativity", max_rooms_per_user=2,
+                              max_connections_per_user=2)
     await notebooks(einstein, "a", "b", "c")
 
     async def session(name: str) -> Any:

@@ -89,12 +89,18 @@ class YClient:
                 await ws.send_bytes(protocol.sync_step1(self.doc.get_state()))
             except (aiohttp.ClientError, ConnectionError):
                 pass  # closed by the node at once: its close frame is read below
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.BINARY:
                     self._handle(msg.data)
                     await self.flush()
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    self.closed = Closed(msg.data, msg.extra or "")
+                    break
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     self.errors.append(str(ws.exception()))
+                elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    break
         except (aiohttp.ClientError, ConnectionError) as exc:
             self.errors.append(repr(exc))
         finally:
