@@ -136,7 +136,9 @@ async def _run_mount(args: argparse.Namespace) -> int:
         try:
             async with CS3Client(args.gateway) as cs3:
                 if args.password_env:
-                    session = await cs3.login(args.user, secret)
+                    # The mount holds the password for its life (the process environment):
+                    # it logs in again when a login reaches its maximum age.
+                    session = await cs3.login(args.user, secret, keep_password=True)
                 else:
                     session = cs3.session(secret)
                     await session.whoami()

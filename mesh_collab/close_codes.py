@@ -10,7 +10,9 @@ true}``).
 |---|---|---|
 | 1000 | NORMAL | the server or client ended the connection normally |
 | 1001 | GOING_AWAY | the node shuts down; reconnect later |
-| 1003 | UNKNOWN_SESSION | the client's session belongs to another document lineage: reload |
+| 1003 | UNKNOWN_SESSION | the client's session belongs to another document lineage: reload; |
+|      |                 | or the user's rights on the document changed (a JSON reason with |
+|      |                 | ``errorReason`` for the dialog; reloadable after a downgrade) |
 | 1009 | MESSAGE_TOO_BIG | a frame over the configured size limit (``max_message_size``) |
 | 4205 | RESET_CONNECTION | an undecodable, truncated or unknown message, or an update |
 |      |                  | that refers to items the document does not have |

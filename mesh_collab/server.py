@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -37,7 +38,13 @@ from mesh_collab.channel import Channel, ChannelClosed
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
 from mesh_collab.documents import DocumentRoom, Federation, RoomSettings
-from mesh_collab.errors import MeshCollabError, RoomClosed, UserLimitExceeded, single_cause
+from mesh_collab.errors import (
+    MeshCollabError,
+    RoomClosed,
+    StorageError,
+    UserLimitExceeded,
+    single_cause,
+)
 from mesh_collab.federation.directory import Site
 from mesh_collab.federation.protocol import PROTOCOL_VERSION
 from mesh_collab.kinds import NOTEBOOK, DocumentKind
@@ -79,6 +86,8 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             ~1.2 s for it).
         max_connections_per_user: browser connections one user may have (0: no limit).
         max_rooms_per_user: documents one user may hold open (0: no limit).
+        rights_check_interval: seconds between two looks at a connected user's rights on
+            the document (see :meth:`serve_document`).
     """
 
     def __init__(
@@ -92,7 +101,9 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         start_worker: bool = False,
         max_connections_per_user: int = 64,
         max_rooms_per_user: int = 32,
+        rights_check_interval: float = 5.0,
     ) -> None:
+        self.rights_check_interval = rights_check_interval
         self.max_connections_per_user = max_connections_per_user
         self.max_rooms_per_user = max_rooms_per_user
         self._user_connections: Counter[str] = Counter()
@@ -244,9 +255,17 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         *,
         writable: bool,
         kind: DocumentKind = NOTEBOOK,
+        rights: Callable[[], Awaitable[bool | None]] | None = None,
     ) -> None:
         """Serve one client in a document's room until its channel closes (at once, with
-        ``USER_LIMIT``, when its user has as many connections or rooms as one user may)."""
+        ``USER_LIMIT``, when its user has as many connections or rooms as one user may).
+
+        ``rights`` says what the user may do with the document now: None (no access any
+        more), False (read only) or True (write); it raises StorageError when storage cannot
+        tell. It is asked every ``rights_check_interval`` seconds: a user who lost access,
+        or an editor who became a viewer, is closed with 1003 and a reason that JupyterLab
+        shows (a downgraded editor may reload, and reopens the document read-only).
+        """
         user = identity.username
         if not await self._admit(user, channel):
             return
@@ -263,7 +282,11 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             if writable:
                 nb.add_writer(identity.username, session)
             try:
-                await nb.room.serve(channel, identity, writable=writable)
+                async with anyio.create_task_group() as tg:
+                    if rights is not None:
+                        tg.start_soon(self._follow_rights, rights, channel, identity, writable)
+                    await nb.room.serve(channel, identity, writable=writable)
+                    tg.cancel_scope.cancel()
             finally:
                 entry.users -= 1
                 entry.holders[user] -= 1
@@ -372,6 +395,36 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             self._release(identity.username)
 
     # --- one user's share of the node ------------------------------------------------------
+
+    async def _follow_rights(
+        self,
+        rights: Callable[[], Awaitable[bool | None]],
+        channel: Channel,
+        identity: Identity,
+        writable: bool,
+    ) -> None:
+        """Close ``channel`` once its user may no longer do what it was opened for."""
+        while True:
+            await anyio.sleep(self.rights_check_interval)
+            try:
+                now = await rights()
+            except StorageError:
+                continue  # storage cannot tell now: what was granted stands until it can
+            if now is None:
+                text, reloadable = "Your access to this document was removed.", False
+            elif writable and not now:
+                text = "Your edit rights were removed: reload to open it read-only."
+                reloadable = True
+            else:
+                continue
+            self.log.info("rights changed, connection closed user=%s access=%s",
+                          identity.username, "none" if now is None else "read")
+            # The stock frontend shows ``errorReason`` in a dialog for 1003 (a close reason
+            # holds at most 123 bytes).
+            reason = json.dumps({"reason": "rights", "reloadable": reloadable,
+                                 "errorReason": text}, separators=(",", ":"))
+            await channel.close(CloseCode.UNKNOWN_SESSION, reason)
+            return
 
     async def _admit(self, user: str, channel: Channel) -> bool:
         """Count one more connection of ``user``; False (``channel`` closed) when they have

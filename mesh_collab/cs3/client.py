@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -69,43 +69,143 @@ def token_expiry(token: str) -> float:
 
     Returns 0.0 when the token is not a JWT or has no expiry.
     """
+    return _token_times(token)[1]
+
+
+def _token_times(token: str) -> tuple[float, float]:
+    """``(iat, exp)`` of a JWT read without verifying it; 0.0 for what it lacks."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        return 0.0
-    return float(claims.get("exp", 0.0))
+        return 0.0, 0.0
+    times = []
+    for name in ("iat", "exp"):
+        value = claims.get(name, 0.0)
+        times.append(float(value) if isinstance(value, int | float) else 0.0)
+    return times[0], times[1]
 
 
 class Login:
-    """Credentials that log in again shortly before the token expires.
+    """One login's access token, renewed shortly before it expires; keeps no password.
 
-    The secret stays in memory only, and never in a repr or a log line.
+    The first :meth:`token` logs in with the credentials given, and the secret is then
+    dropped. Renewals go through the gateway's ``bearer`` exchange (the current token for a
+    new one of the same login), which a gateway refuses once the login reaches its maximum
+    age (the embedded gateway: 7 days; a Reva without a bearer auth provider refuses it at
+    once). After a refusal the token serves until it expires, then :meth:`token` raises
+    :class:`~mesh_collab.errors.Unauthenticated`: the user must log in again.
+
+    ``keep_secret`` keeps the secret and logs in with it again instead of ending: for an
+    account whose password the process holds anyway (a node's configured credentials).
+    The secret never appears in a repr or a log line.
+
+    Args:
+        client: the client to authenticate with.
+        auth_type: ``"basic"`` or ``"bearer"`` (see :meth:`CS3Client.authenticate`).
+        client_id: the user name (``"basic"``).
+        secret: the password, or the access token to exchange (``"bearer"``).
+        keep_secret: log in again with ``secret`` when a renewal is refused.
     """
 
-    #: Renew the token this many seconds before it expires.
+    #: Renew the token this many seconds before it expires (at most half its lifetime).
     RENEW_MARGIN = 60.0
+    #: Try a renewal again after this many seconds when the gateway could not be reached
+    #: (or, with ``keep_secret``, refused the secret too).
+    RETRY_DELAY = 5.0
 
     def __init__(
-        self, client: CS3Client, auth_type: str, client_id: str, secret: str
+        self, client: CS3Client, auth_type: str, client_id: str, secret: str, *,
+        keep_secret: bool = False,
     ) -> None:
         self._client = client
         self._auth_type = auth_type
         self._client_id = client_id
         self._secret = secret
+        self._keep_secret = keep_secret
         self._token = ""
         self._expires = 0.0
+        self._renew_at = 0.0
+        self._renewable = True
         self.user: User | None = None
         self._lock = anyio.Lock()
 
+    @property
+    def expires(self) -> float:
+        """When the current token expires (unix seconds; 0.0 before the first login)."""
+        return self._expires
+
     async def token(self) -> str:
+        """Return the current token, logging in or renewing it first when due.
+
+        Raises:
+            Unauthenticated: the login has ended (its token expired and cannot be renewed).
+            PermissionDenied, NotFound, StorageError: the first login failed.
+        """
         async with self._lock:
-            renew_at = self._expires - self.RENEW_MARGIN
-            if not self._token or (self._expires and time.time() > renew_at):
-                self._token, self.user = await self._client.authenticate(
-                    self._auth_type, self._client_id, self._secret
+            if not self._token:
+                await self._log_in()
+            elif self._renewable and self._client.clock() >= self._renew_at:
+                await self._renew()
+            if self._expires and self._client.clock() >= self._expires:
+                raise errors.Unauthenticated(
+                    "the CS3 login has expired: log in again", op="Authenticate",
+                    ref=self._client_id,
                 )
-                self._expires = token_expiry(self._token)
             return self._token
+
+    def adopt(self, other: Login) -> None:
+        """Take the token of ``other``, a newer login of the same user, if it lives longer."""
+        if other._token and other._expires > self._expires:
+            self._take(other._token, other.user)
+            self._renewable = other._renewable
+
+    async def _log_in(self) -> None:
+        token, user = await self._client.authenticate(
+            self._auth_type, self._client_id, self._secret
+        )
+        self._take(token, user)
+        self._renewable = True
+        if not self._keep_secret:
+            self._secret = ""
+
+    async def _renew(self) -> None:
+        # The bearer exchange first (no password check), then the kept secret if any.
+        attempts = [("bearer", "", self._token)]
+        if self._secret:
+            attempts.append((self._auth_type, self._client_id, self._secret))
+        code = ""
+        for auth_type, client_id, secret in attempts:
+            try:
+                token, user = await self._client.authenticate(auth_type, client_id, secret)
+            except errors.StorageUnavailable:
+                self._renew_at = self._client.clock() + self.RETRY_DELAY
+                return
+            except errors.StorageError as exc:
+                code = exc.code
+                continue
+            if auth_type != "bearer" or token_expiry(token) > self._expires:
+                self._take(token, user)  # a new login, or a renewal that extends the token
+                return
+            code = "not extended"
+        if self._secret:
+            self._client.log.warning("op=Authenticate user=%s login refused (%s): trying "
+                                     "again in %.0f s", self._client_id, code,
+                                     self.RETRY_DELAY)
+            self._renew_at = self._client.clock() + self.RETRY_DELAY
+            return
+        # Invalid, expired, past the login's maximum age, or no bearer exchange at this
+        # gateway: the token serves until it expires.
+        self._client.log.info("op=Authenticate user=%s renewal refused (%s): the login ends "
+                              "when its token expires", self._client_id, code)
+        self._renewable = False
+
+    def _take(self, token: str, user: User) -> None:
+        iat, exp = _token_times(token)
+        self._token, self.user, self._expires = token, user, exp
+        margin = min(self.RENEW_MARGIN, max(0.0, exp - iat) / 2)
+        self._renew_at = exp - margin if exp else float("inf")
+        if user.username and not self._client_id:
+            self._client_id = user.username
 
     def __repr__(self) -> str:
         return f"Login({self._auth_type!r}, {self._client_id!r}, <hidden>)"
@@ -119,6 +219,7 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         rpc_timeout: deadline of every RPC, in seconds.
         transfer_timeout: deadline of every HTTP transfer, in seconds.
         log: the logger to use.
+        clock: the time that token renewal goes by (``time.time``); tests pass a fake one.
     """
 
     def __init__(
@@ -128,11 +229,13 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         rpc_timeout: float = 10.0,
         transfer_timeout: float = 60.0,
         log: logging.Logger | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.gateway = gateway
         self.rpc_timeout = rpc_timeout
         self.transfer_timeout = transfer_timeout
         self.log = log or logging.getLogger(__name__)
+        self.clock = clock
         self._stub: gateway_api_pb2_grpc.GatewayAPIStub | None = None
         self._http: httpx.AsyncClient | None = None
 
@@ -253,22 +356,36 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         response = await self.call("Authenticate", request, token=None, ref=client_id)
         return response.token, User.from_proto(response.user)
 
-    async def login(self, username: str, password: str) -> Session:
+    async def login(
+        self, username: str, password: str, *, keep_password: bool = False
+    ) -> Session:
         """Log in with basic credentials and return that user's session.
+
+        The session keeps the token only, renewed through the ``bearer`` exchange; once the
+        gateway refuses that (the login's maximum age), it raises ``Unauthenticated`` when
+        the token expires (:class:`Login`).
+
+        Args:
+            keep_password: keep the password and log in with it again instead (for an
+                account whose password the process holds anyway, such as a node's
+                configured credentials).
 
         Raises:
             PermissionDenied: wrong password.
             NotFound: unknown user.
         """
-        creds = Login(self, "basic", username, password)
+        creds = Login(self, "basic", username, password, keep_secret=keep_password)
         await creds.token()
         return Session(self, creds, user=creds.user)
 
     async def login_bearer(self, access_token: str) -> Session:
         """Log in with an access token (auth type ``bearer``) and return the session.
 
+        The token is exchanged for a new one of the same login, renewed like :meth:`login`'s.
+
         Raises:
             PermissionDenied: the access token is refused.
+            Unauthenticated: its login has reached its maximum age.
         """
         creds = Login(self, "bearer", "", access_token)
         await creds.token()
@@ -302,6 +419,15 @@ class Session:
         self.shares = Shares(self)
         self.ocm = OCM(self)
         self.users = Users(self)
+
+    def adopt(self, other: Session) -> None:
+        """Take the token of ``other``, a newer login of the same user, when it lives longer.
+
+        Whoever holds this session (a room writing a notebook) then goes on with the new
+        login's token. Sessions on a fixed token keep theirs.
+        """
+        if isinstance(self.tokens, Login) and isinstance(other.tokens, Login):
+            self.tokens.adopt(other.tokens)
 
     async def call(self, name: str, request: Any, *, ref: str = "", lock_id: str = "") -> Any:
         """Call an RPC with this session's token (see :meth:`CS3Client.call`)."""

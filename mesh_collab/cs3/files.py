@@ -1,4 +1,5 @@
-"""Files and versions: metadata RPCs plus content transfers through the data gateway.
+"""Files, versions and the recycle bin: metadata RPCs plus content transfers through the
+data gateway.
 
 A write is ``InitiateFileUpload`` then an HTTP ``PUT`` to the returned endpoint; a read is
 ``InitiateFileDownload`` then ``GET`` (spec §1.5). When the caller holds a lock, the lock id
@@ -18,7 +19,15 @@ from cs3.storage.provider.v1beta1 import resources_pb2 as sr
 from cs3.types.v1beta1 import types_pb2
 
 from mesh_collab import errors
-from mesh_collab.cs3.models import FileInfo, Lock, Ref, Version, describe, reference
+from mesh_collab.cs3.models import (
+    FileInfo,
+    Lock,
+    RecycleItem,
+    Ref,
+    Version,
+    describe,
+    reference,
+)
 
 if TYPE_CHECKING:
     from mesh_collab.cs3.client import Session
@@ -83,7 +92,11 @@ class Files:
     async def delete(self, ref: Ref, *, lock_id: str = "") -> None:
         """Delete a file or a container with its content.
 
+        The storage keeps it in the recycle bin of the space it was in (the owner's, also
+        when a grantee deletes inside a shared folder): see :meth:`list_recycle`.
+
         Raises:
+            PermissionDenied: not allowed, e.g. the grantee of a share deleting its root.
             NotFound: no such resource.
             LockConflict: locked by someone else (edge; master allows it).
         """
@@ -95,6 +108,8 @@ class Files:
 
         Raises:
             NotFound: no such source.
+            PermissionDenied: not allowed, e.g. a grantee moving a share's root or moving
+                something out of a shared folder.
             LockConflict: the source is locked by someone else (edge).
         """
         req = sp.MoveRequest(
@@ -198,7 +213,9 @@ class Files:
             if_match: only write when the file still has this (quoted) etag. Reva master
                 ignores ``if_match``, so the etag is also compared after a Stat here; the
                 lock is what makes that check safe (spec §2.4.6).
-            disable_versioning: ask the storage not to keep the replaced content.
+            disable_versioning: ask the storage not to keep the replaced content. The
+                embedded gateway honours it for the file's owner only; a grantee's write
+                keeps a version all the same.
 
         Returns:
             The file's metadata after the write (its new etag).
@@ -249,6 +266,74 @@ class Files:
             # instead of taking it for its own.
             info = dataclasses.replace(info, etag=uploaded)
         return info
+
+
+    # ---- recycle bin ----------------------------------------------------------------------
+
+    async def list_recycle(self, space: Ref, *, key: str = "") -> list[RecycleItem]:
+        """List the recycle bin of a space, following page tokens.
+
+        Args:
+            space: the space (a home path such as ``/home/einstein``, or any resource in
+                it): only its owner may list its bin.
+            key: list only this item.
+
+        Raises:
+            PermissionDenied: the caller does not own the space.
+        """
+        items: list[RecycleItem] = []
+        token = ""
+        while True:
+            req = sp.ListRecycleRequest(ref=reference(space), key=key, page_token=token)
+            res = await self._session.call("ListRecycle", req, ref=describe(space))
+            items.extend(RecycleItem.from_proto(i) for i in res.recycle_items)
+            token = res.next_page_token
+            if not token:
+                return items
+
+    async def restore_recycle_item(
+        self, space: Ref, key: str, *, to: Ref | None = None, lock_id: str = ""
+    ) -> None:
+        """Restore item ``key`` of a space's bin, with its resource ids and versions.
+
+        Args:
+            space: the space whose bin holds the item.
+            key: the item's key (:attr:`RecycleItem.key`).
+            to: where to restore it; None for where it was deleted from.
+
+        Raises:
+            NotFound: no such item, or the target's parent does not exist.
+            AlreadyExists: the target is taken.
+            PermissionDenied: the caller does not own the space, or ``to`` is elsewhere.
+        """
+        req = sp.RestoreRecycleItemRequest(ref=reference(space), key=key, lock_id=lock_id)
+        if to is not None:
+            req.restore_ref.CopyFrom(reference(to))
+        await self._session.call(
+            "RestoreRecycleItem", req, ref=f"{describe(space)}#{key}", lock_id=lock_id
+        )
+
+    async def purge_recycle(self, space: Ref, key: str) -> None:
+        """Remove item ``key`` from a space's bin for good (its versions with it).
+
+        Raises:
+            NotFound: no such item.
+            PermissionDenied: the caller does not own the space.
+            ValueError: an empty key (use :meth:`empty_recycle` to purge everything).
+        """
+        if not key:
+            raise ValueError("purge_recycle needs a key: empty_recycle purges the whole bin")
+        req = sp.PurgeRecycleRequest(ref=reference(space), key=key)
+        await self._session.call("PurgeRecycle", req, ref=f"{describe(space)}#{key}")
+
+    async def empty_recycle(self, space: Ref) -> None:
+        """Remove every item of a space's bin for good (an empty key, as Reva reads it).
+
+        Raises:
+            PermissionDenied: the caller does not own the space.
+        """
+        req = sp.PurgeRecycleRequest(ref=reference(space))
+        await self._session.call("PurgeRecycle", req, ref=describe(space))
 
 
 def _bare_etag(etag: str) -> str:

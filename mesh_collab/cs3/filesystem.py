@@ -227,7 +227,9 @@ class CS3FileSystem(AsyncFileSystem):  # type: ignore[misc]
         if self._token:
             return client.session(StaticToken(self._token))
         assert self.username is not None
-        self._login = Login(client, "basic", self.username, self._password)
+        # This filesystem holds the password anyway (it is pickled to workers with it):
+        # log in again with it when a login reaches its maximum age.
+        self._login = Login(client, "basic", self.username, self._password, keep_secret=True)
         await self._login.token()
         return Session(client, self._login, user=self._login.user)
 

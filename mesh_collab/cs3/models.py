@@ -211,6 +211,36 @@ class Version:
         return cls(key=v.key, size=v.size, mtime=float(v.mtime), etag=v.etag)
 
 
+@dataclass(frozen=True, slots=True)
+class RecycleItem:
+    """A deleted resource in a space's recycle bin, restorable by ``key``.
+
+    Attributes:
+        key: what restore and purge name the item by.
+        path: where the resource was when it was deleted (a Reva edge provider gives it
+            relative to the space root, ``./...``).
+        is_dir: whether it is a container (deleted with its content).
+        size: its size in bytes when deleted.
+        deleted: when it was deleted, in seconds since the epoch.
+    """
+
+    key: str
+    path: str
+    is_dir: bool
+    size: int
+    deleted: float
+
+    @classmethod
+    def from_proto(cls, item: storage_res.RecycleItem) -> RecycleItem:
+        return cls(
+            key=item.key,
+            path=item.ref.path,
+            is_dir=item.type == storage_res.RESOURCE_TYPE_CONTAINER,
+            size=item.size,
+            deleted=timestamp(item.deletion_time),
+        )
+
+
 class ShareState(enum.IntEnum):
     """State of a received share (local or OCM)."""
 

@@ -347,7 +347,8 @@ class MeshCollabApp(ExtensionApp):
         help="""Most collaboration websockets one user may have open on this node (default
         64: a document open in a tab is one, plus one per browser window for presence).
         One more is closed with 4430; the user's other connections, and other users, are
-        not affected. 0: no limit.""",
+        not affected. 0: no limit. Multi-user mode only: in single-user mode everybody with
+        the token is the server's one user.""",
     ).tag(config=True)
 
     max_rooms_per_user = Int(
@@ -357,7 +358,16 @@ class MeshCollabApp(ExtensionApp):
         opened or left it, until it is freed (document_cleanup_delay). At the limit, one of
         the user's documents that nobody uses is freed at once to make room; when all are
         in use, opening another answers 429 (websocket: 4430). Each open document holds up
-        to max_notebook_size of memory. 0: no limit.""",
+        to max_notebook_size of memory. 0: no limit. Multi-user mode only.""",
+    ).tag(config=True)
+
+    rights_check_interval = Float(
+        5.0,
+        help="""Seconds between two looks at each connected user's rights on the document
+        (default 5): a share removed or downgraded at the storage reaches open connections
+        within this time. The connection is closed with 1003 and a reason JupyterLab shows;
+        a downgraded editor reopens the document read-only. Each look is one Stat per
+        connection.""",
     ).tag(config=True)
 
     max_notebook_size = Int(
@@ -491,6 +501,7 @@ class MeshCollabApp(ExtensionApp):
         "file_poll_interval",
         "lock_expiry",
         "stop_timeout",
+        "rights_check_interval",
     )
     def _validate_positive(self, proposal: dict[str, Any]) -> float:
         value = float(proposal["value"])
@@ -741,7 +752,9 @@ class MeshCollabApp(ExtensionApp):
             session = cs3.session(self.cs3_token)
             await session.whoami()
         elif self.cs3_username and self.cs3_password:
-            session = await cs3.login(self.cs3_username, self.cs3_password)
+            # The password is configuration held for the node's life anyway: keep logging
+            # in with it when the gateway stops renewing the login's token.
+            session = await cs3.login(self.cs3_username, self.cs3_password, keep_password=True)
         else:
             raise errors.Unauthenticated(
                 "single-user mode needs cs3_username and cs3_password, or cs3_token",

@@ -103,6 +103,7 @@ async def room_service(state: Any) -> AsyncIterator[CollabServer]:
         # the one user of the server (its owner), as in stock Jupyter.
         max_connections_per_user=config.max_connections_per_user if multi_user else 0,
         max_rooms_per_user=config.max_rooms_per_user if multi_user else 0,
+        rights_check_interval=config.rights_check_interval,
     ) as server:
         state.server = server
         try:
@@ -176,6 +177,26 @@ async def access_check(session: Any, rid: ResourceId) -> tuple[int | None, str, 
     if info.is_dir:
         return CloseCode.UNSUPPORTED_DOCUMENT, "a folder is not a document", False
     return None, "", info.writable
+
+
+async def _rights_now(session: Any, rid: ResourceId, remote: bool, authorized_write: bool
+                      ) -> bool | None:
+    """What the user may do with the document now: None (nothing), False (read), True
+    (write), as the storage (or the OCM share of a remote document) says; the
+    Authorizer's answer of the connection's start still applies.
+
+    Raises:
+        StorageError: storage cannot tell now.
+    """
+    if remote:
+        share = await _ocm_share(session, rid)
+        return None if share is None else share.role is Role.EDITOR and authorized_write
+    code, reason, writable = await access_check(session, rid)
+    if code in (CloseCode.FORBIDDEN, CloseCode.NOT_FOUND):
+        return None
+    if code is not None:
+        raise errors.StorageError(reason, op="Stat")
+    return writable and authorized_write
 
 
 def _parse_room(room_id: str) -> tuple[DocumentKind, ResourceId] | None:
@@ -301,7 +322,8 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if code is not None:
             await self.channel.close(code, reason)
             return
-        writable = writable and await may_write(self, user)
+        authorized_write = await may_write(self, user)
+        writable = writable and authorized_write
         try:
             room = await server.open(rid, session, home=home, kind=kind, user=user.username)
         except ValueError as exc:
@@ -323,6 +345,7 @@ class RoomHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             partial(
                 server.serve_document, rid, session, self.channel, identity_of(user),
                 writable=writable, kind=kind,
+                rights=partial(_rights_now, session, rid, home is not None, authorized_write),
             ),
             channel=self.channel,
         )

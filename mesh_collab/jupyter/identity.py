@@ -11,7 +11,10 @@ Two modes (``MeshCollabApp.auth_mode``):
   node keeps the user's CS3 :class:`~mesh_collab.cs3.client.Session` in :class:`Sessions` and
   sets a signed cookie holding the user name and a random session key, never the password. The
   Jupyter token identifies nobody in this mode. ``/logout`` clears the cookie and forgets the
-  session key.
+  session key. A login ends after ``CS3IdentityProvider.session_max_age`` (12 h), after
+  ``session_idle_timeout`` (2 h) without a request, and when the user's CS3 token expires
+  and cannot be renewed (the node keeps no password): its cookie then identifies nobody, so
+  pages redirect to ``/login`` and API requests and websocket handshakes answer 403.
 
 :class:`MeshUser` is what ``/api/me`` returns and what collaborators see in awareness: the
 Jupyter ``User`` fields plus ``site`` and ``cs3_user_id`` (``"<idp>/<opaque id>"``).
@@ -33,8 +36,11 @@ import dataclasses
 import hmac
 import html
 import json
+import logging
 import math
 import secrets
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,7 +50,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from jupyter_server.auth.login import LoginFormHandler
 from jupyter_server.auth.logout import LogoutHandler
 from tornado import web
-from traitlets import default
+from traitlets import Float, TraitError, default, observe, validate
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
@@ -97,24 +103,62 @@ class MeshUser(User):
         )
 
 
+#: How long a multi-user login lasts at most, and without a request (seconds; defaults of
+#: the identity provider's settings).
+SESSION_MAX_AGE = 12 * 3600.0
+SESSION_IDLE_TIMEOUT = 2 * 3600.0
+
+
+@dataclass(slots=True)
+class _Login:
+    """One browser login: whose, when it began, when it was last used (``Sessions.clock``)."""
+
+    username: str
+    started: float
+    seen: float
+
+
 class Sessions:
     """The CS3 sessions of the node's users: one per user name, so one token renewal each.
 
     In single-user mode :attr:`default` is the session of the configured credentials. In
     multi-user mode each successful login adds a key (a random string kept in the login
     cookie) for the user's one session; logging out removes the key, and the session goes
-    when its last key goes.
+    when its last key goes. A key also goes ``max_age`` seconds after its login, and
+    ``idle_timeout`` seconds after it was last looked up (0: no such limit).
 
     Usage::
 
         key = sessions.add(await cs3.login("einstein", "relativity"))
         session = sessions.for_key("einstein", key)
+
+    Args:
+        max_age: the longest a login lasts, in seconds.
+        idle_timeout: how long a login lasts without being looked up, in seconds.
+        clock: the time source (``time.monotonic``); tests pass a fake one.
+        log: the logger; default this module's.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_age: float = SESSION_MAX_AGE,
+        idle_timeout: float = SESSION_IDLE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        log: logging.Logger | None = None,
+    ) -> None:
         self._by_user: dict[str, Session] = {}
-        self._keys: dict[str, str] = {}  # session key -> user name
+        self._keys: dict[str, _Login] = {}  # session key -> its login
         self.default: Session | None = None
+        self.max_age = max_age
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.log = log or logging.getLogger(__name__)
+
+    def set_lifetimes(self, *, max_age: float, idle_timeout: float) -> None:
+        """Set the two limits of a login (seconds, 0: none); they apply to existing ones."""
+        self.max_age = max_age
+        self.idle_timeout = idle_timeout
 
     def set_default(self, session: Session) -> None:
         """Make ``session`` the single-user session."""
@@ -127,14 +171,19 @@ class Sessions:
         """Register a logged-in session and return a new session key for it.
 
         If the user already has a session, that one is kept (rooms may hold it) and the new
-        one is dropped: the login only proved the password again.
+        one is dropped: the login only proved the password again. Logins past their limits
+        are forgotten first.
         """
         if session.user is None:
             raise RuntimeError("the CS3 session does not know its user")
+        now = self.clock()
+        for key, login in list(self._keys.items()):
+            if self._ended(login, now):
+                self._expire(key, login, now)
         username = session.user.username
         self._by_user.setdefault(username, session)
         key = secrets.token_urlsafe(32)
-        self._keys[key] = username
+        self._keys[key] = _Login(username, now, now)
         return key
 
     def get(self, username: str) -> Session | None:
@@ -142,19 +191,49 @@ class Sessions:
         return self._by_user.get(username)
 
     def for_key(self, username: str, key: str) -> Session | None:
-        """Return the session of ``username`` if ``key`` is one of its live session keys."""
-        if not key or self._keys.get(key) != username:
+        """Return the session of ``username`` if ``key`` is one of its live session keys.
+
+        The lookup counts as activity of that login (see ``idle_timeout``).
+        """
+        login = self._keys.get(key) if key else None
+        if login is None or login.username != username:
             return None
+        now = self.clock()
+        if self._ended(login, now):
+            self._expire(key, login, now)
+            return None
+        login.seen = now
         return self._by_user.get(username)
 
     def remove_key(self, key: str) -> None:
         """Forget a session key (logout); drop the user's session when no key is left."""
-        username = self._keys.pop(key, None)
-        if username is None:
+        login = self._keys.pop(key, None)
+        if login is None:
             return
+        username = login.username
         default_user = self.default.user.username if self.default and self.default.user else None
-        if username not in self._keys.values() and username != default_user:
+        if username != default_user and not any(
+            other.username == username for other in self._keys.values()
+        ):
             self._by_user.pop(username, None)
+
+    def end_user(self, username: str) -> None:
+        """End every login of ``username`` (their CS3 session can no longer be used)."""
+        for key in [k for k, login in self._keys.items() if login.username == username]:
+            self.remove_key(key)
+
+    def _ended(self, login: _Login, now: float) -> bool:
+        return bool(
+            (self.max_age and now - login.started >= self.max_age)
+            or (self.idle_timeout and now - login.seen >= self.idle_timeout)
+        )
+
+    def _expire(self, key: str, login: _Login, now: float) -> None:
+        reason = (
+            "max-age" if self.max_age and now - login.started >= self.max_age else "idle"
+        )
+        self.remove_key(key)
+        self.log.info("op=login ended user=%s reason=%s", login.username, reason)
 
     def __contains__(self, username: object) -> bool:
         return username in self._by_user
@@ -213,9 +292,44 @@ class CS3IdentityProvider(IdentityProvider):
     _state: MeshState | None = None
     _overrides: dict[str, dict[str, str]]
 
+    session_max_age = Float(
+        SESSION_MAX_AGE,
+        config=True,
+        help="""Multi-user mode: the longest a login lasts, in seconds, however active its
+        browser (default 43200: 12 h). Then the login cookie identifies nobody: pages
+        redirect to /login, API requests and websocket handshakes answer 403, until the user
+        logs in again. Open websockets are not closed. 0: no limit.""",
+    )
+    session_idle_timeout = Float(
+        SESSION_IDLE_TIMEOUT,
+        config=True,
+        help="""Multi-user mode: a login ends after this many seconds without a request
+        from its browser (default 7200: 2 h), as after session_max_age. An open JupyterLab
+        polls the server, so a browser showing it is never idle. 0: no limit.""",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._overrides = {}  # user name -> fields set with PATCH /api/me
+
+    @validate("session_max_age", "session_idle_timeout")
+    def _valid_lifetime(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not math.isfinite(value) or value < 0:
+            raise TraitError(
+                f"{proposal['trait'].name} must be a number of seconds, 0 or more: {value!r}"
+            )
+        return value
+
+    @observe("session_max_age", "session_idle_timeout")
+    def _lifetimes_changed(self, change: Any) -> None:
+        if self._state is not None:
+            self._push_lifetimes(self._state)
+
+    def _push_lifetimes(self, state: MeshState) -> None:
+        state.sessions.set_lifetimes(
+            max_age=self.session_max_age, idle_timeout=self.session_idle_timeout
+        )
 
     @default("login_handler_class")
     def _default_login_handler_class(self) -> type[web.RequestHandler]:
@@ -228,6 +342,7 @@ class CS3IdentityProvider(IdentityProvider):
     def attach(self, state: MeshState) -> None:
         """Connect the provider to the node's state (done by ``MeshCollabApp``)."""
         self._state = state
+        self._push_lifetimes(state)
 
     @property
     def state(self) -> MeshState:
@@ -250,11 +365,19 @@ class CS3IdentityProvider(IdentityProvider):
         session = None
         if isinstance(user, MeshUser):
             sessions = state.sessions
+            logged_in = self.multi_user and bool(user.session_key)
             session = (
                 sessions.for_key(user.username, user.session_key)
-                if self.multi_user and user.session_key
+                if logged_in
                 else sessions.default
             )
+            if session is not None and logged_in and not await _usable(session):
+                # The CS3 token expired and cannot be renewed: the user logs in again.
+                sessions.end_user(user.username)
+                self.clear_login_cookie(handler)
+                self.log.info("op=login ended user=%s site=%s reason=cs3-token",
+                              user.username, state.site)
+                session = None
         if session is None:
             current_session.set(None)
             return None
@@ -363,6 +486,9 @@ class CS3IdentityProvider(IdentityProvider):
             session = await state.cs3.login(username, password)
         key = state.sessions.add(session)
         kept = state.sessions.get(username) or session
+        if kept is not session:
+            # The rooms holding the user's session go on with this login's token.
+            kept.adopt(session)
         self.log.info("op=login user=%s site=%s", username, state.site)
         return self._user_for(kept, key)
 
@@ -372,6 +498,15 @@ class CS3IdentityProvider(IdentityProvider):
         if isinstance(user, MeshUser) and user.session_key and self._state is not None:
             self._state.sessions.remove_key(user.session_key)
             self.log.info("op=logout user=%s site=%s", user.username, self._state.site)
+
+
+async def _usable(session: Session) -> bool:
+    """Whether the session still has a token (renewing it when due)."""
+    try:
+        await session.tokens.token()
+    except errors.Unauthenticated:
+        return False
+    return True
 
 
 _FORM = """<!DOCTYPE html>

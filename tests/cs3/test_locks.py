@@ -14,7 +14,8 @@ import pytest
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
-from mesh_collab.cs3.models import Lock
+from mesh_collab.cs3.gateway.locks import MAX_LOCK_EXPIRY
+from mesh_collab.cs3.models import Lock, Role
 from mesh_collab.pytest_plugin import Site
 
 
@@ -199,3 +200,47 @@ async def test_lock_id_on_an_unlocked_file(site: Site, einstein: Session, workdi
             await einstein.files.delete(path, lock_id="stale")
     else:
         await einstein.files.delete(path, lock_id="stale")
+
+
+# ---- the embedded gateway's own rules (Reva decides on the app name, and caps nothing) ----
+
+
+def embedded_only(site: Site) -> None:
+    if not site.embedded:
+        pytest.skip("a rule of the embedded gateway: Reva lets any user of the app act")
+
+
+async def test_only_the_locks_user_refreshes_it_and_the_owner_may_break_it(
+    site: Site, einstein: Session, marie: Session, workdir: str
+) -> None:
+    embedded_only(site)
+    info = await einstein.files.write(f"{workdir}/l.ipynb", b"{}")
+    share = await einstein.shares.create(info.id, marie.user.id, Role.EDITOR)
+    await marie.shares.accept(share.id)
+    async with marie.locks.lease(info.id, lock_id="marie:1", expiry=60) as lease:
+        seen = await einstein.locks.get(info.id)
+        assert seen is not None and seen.lock_id == "marie:1"
+        # Knowing the id (every writer can read it) does not make einstein its holder.
+        with pytest.raises(errors.LockConflict):
+            await einstein.locks.refresh(info.id, app_lock("einstein:1"),
+                                         existing_lock_id="marie:1")
+        assert await lease.confirm()
+        # As the file's owner, he may break it.
+        await einstein.locks.unlock(info.id, seen)
+        assert not await lease.confirm()
+        assert lease.lost.is_set()
+    assert await einstein.locks.get(info.id) is None
+
+
+async def test_a_lock_lives_thirty_minutes_at_most(
+    site: Site, einstein: Session, workdir: str
+) -> None:
+    embedded_only(site)
+    path = f"{workdir}/l.ipynb"
+    await einstein.files.write(path, b"{}")
+    await einstein.locks.set(path, app_lock("id-1", ttl=7 * 86400))
+    held = await einstein.locks.get(path)
+    assert held is not None and held.expiration <= time.time() + MAX_LOCK_EXPIRY
+    await einstein.locks.refresh(path, Lock(lock_id="id-1", app_name="mesh_collab"))
+    held = await einstein.locks.get(path)
+    assert held is not None and 0 < held.expiration <= time.time() + MAX_LOCK_EXPIRY

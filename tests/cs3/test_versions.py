@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
+from mesh_collab.cs3.models import Role, UserId
+from mesh_collab.pytest_plugin import Site
 
 
 async def test_each_overwrite_keeps_a_version(einstein: Session, workdir: str) -> None:
@@ -42,3 +47,50 @@ async def test_unknown_version_is_not_found(einstein: Session, workdir: str) -> 
         await einstein.versions.restore(path, "no-such-version")
     with pytest.raises(errors.NotFound):
         await einstein.versions.read(path, "no-such-version")
+
+
+async def test_only_the_owner_may_write_without_keeping_a_version(
+    site: Site, einstein: Session, marie: Session, workdir: str
+) -> None:
+    if not site.embedded:
+        pytest.skip("the embedded gateway's rule: X-Disable-Versioning is the owner's only")
+    folder = f"{workdir}/proj"
+    await einstein.files.mkdir(folder)
+    nb = await einstein.files.write(f"{folder}/nb.ipynb", b"by einstein")
+    info = await einstein.files.stat(folder)
+    assert marie.user is not None
+    await einstein.shares.create(info.id, marie.user.id, Role.EDITOR)
+    # The owner's sidecar beside a notebook keeps no history (mesh_collab's own writes).
+    sidecar = f"{folder}/.~mesh_collab.x.a.ystate"
+    await einstein.files.write(sidecar, b"s1", disable_versioning=True)
+    await einstein.files.write(sidecar, b"s2", disable_versioning=True)
+    assert await einstein.versions.list(sidecar) == []
+
+    # A grantee's write keeps the replaced content, whatever the grantee asks.
+    await marie.files.write(nb.id, b"by marie", disable_versioning=True)
+    (kept,) = await einstein.versions.list(nb.id)
+    assert await einstein.versions.read(nb.id, kept.key) == b"by einstein"
+    await marie.files.write((info.id, "./.~mesh_collab.x.a.ystate"), b"s3",
+                            disable_versioning=True)
+    (kept,) = await einstein.versions.list(sidecar)
+    assert await einstein.versions.read(sidecar, kept.key) == b"s2"
+
+
+async def test_an_ocm_recipients_write_keeps_a_version(
+    gateway_factory: Any, cs3_client_factory: Any
+) -> None:
+    a = await gateway_factory(site="site-a")
+    b = await gateway_factory(site="site-b")
+    einstein = await (await cs3_client_factory(a.grpc_address)).login("einstein", "relativity")
+    marie = await (await cs3_client_factory(b.grpc_address)).login("marie", "radioactivity")
+    nb = await einstein.files.write("/home/einstein/shared.ipynb", b"by einstein")
+    await einstein.ocm.create(nb.id, UserId(idp=b.domain, opaque_id="marie"), Role.EDITOR)
+    (received,) = await marie.ocm.received()
+    async with httpx.AsyncClient() as http:
+        put = await http.put(received.webdav_uri, content=b"by marie", headers={
+            "Authorization": f"Bearer {received.shared_secret}", "X-Disable-Versioning": "true",
+        })
+    assert put.status_code == 204, put.text
+    assert await einstein.files.read(nb.id) == b"by marie"
+    (kept,) = await einstein.versions.list(nb.id)
+    assert await einstein.versions.read(nb.id, kept.key) == b"by einstein"

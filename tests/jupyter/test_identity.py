@@ -10,6 +10,7 @@ import aiohttp
 import httpx
 import pytest
 from tornado.web import HTTPError
+from traitlets import TraitError
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client
@@ -340,3 +341,140 @@ def test_mesh_user_fields() -> None:
     user = MeshUser(username="u", site="s", cs3_user_id="idp/u", session_key="k")
     assert "k" not in repr(user).replace("username", "").replace("cs3_user_id", "")
     assert user.name == "u" and user.display_name == "u"
+
+
+# ---- login lifetimes (multi-user) ------------------------------------------------------------
+
+
+def cookie_of(http: httpx.AsyncClient) -> str:
+    return "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+
+
+async def handshake_status(node: Node, cookie: str) -> int:
+    """The HTTP status of a websocket handshake to the global awareness (101: served)."""
+    url = (node.url.replace("http://", "ws://")
+           + "api/collaboration/room/JupyterLab:globalAwareness")
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(url, headers={"Cookie": cookie}) as ws:
+                await ws.close()
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+
+def fake_clocked(node: Node, *, max_age: float, idle_timeout: float) -> FakeClock:
+    """Give ``node`` a login registry on a fake clock, with the lifetimes set as settings."""
+    clock = FakeClock()
+    node.state.sessions = Sessions(clock=clock)
+    provider = node.app.identity_provider
+    provider.session_max_age = max_age
+    provider.session_idle_timeout = idle_timeout
+    assert (node.state.sessions.max_age, node.state.sessions.idle_timeout) == (
+        max_age, idle_timeout)
+    return clock
+
+
+async def test_multi_user_login_ends_after_the_idle_timeout(
+    multi: Node, einstein: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await einstein.files.write("/home/einstein/mine.txt", b"e")
+    clock = fake_clocked(multi, max_age=3600, idle_timeout=600)
+    caplog.set_level(logging.INFO, logger="mesh_collab.jupyter.identity")
+    async with browser() as http:
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        for _ in range(3):  # every request counts as activity
+            clock.now += 599
+            assert (await multi.api("GET", "me", http=http)).status_code == 200
+        cookie = cookie_of(http)
+        assert await handshake_status(multi, cookie) == 101
+        clock.now += 600
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        assert "op=login ended user=einstein reason=idle" in caplog.text
+        # The cookie is dead on the server side, wherever it is replayed from.
+        assert await handshake_status(multi, cookie) == 403
+        page = await http.get(f"{multi.url}view/mine.txt", follow_redirects=False)
+        assert page.status_code == 302 and "/login?next=" in page.headers["Location"]
+        assert "einstein" not in multi.state.sessions
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        assert (await multi.api("GET", "me", http=http)).status_code == 200
+
+
+async def test_multi_user_login_ends_at_its_maximum_age_however_active(multi: Node) -> None:
+    clock = fake_clocked(multi, max_age=3600, idle_timeout=600)
+    async with browser() as http, browser() as later:
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        clock.now += 500
+        assert (await multi.login(later, "einstein", "relativity")).status_code == 302
+        assert (await multi.api("GET", "me", http=http)).status_code == 200
+        while clock.now + 500 < 1000 + 3600:
+            clock.now += 500
+            assert (await multi.api("GET", "me", http=http)).status_code == 200
+            assert (await multi.api("GET", "me", http=later)).status_code == 200
+        clock.now += 500
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        # Each login counts from its own start: the later one lives on.
+        assert (await multi.api("GET", "me", http=later)).status_code == 200
+
+
+class EndedLogin:
+    """The token source of a CS3 session whose token expired and cannot be renewed."""
+
+    async def token(self) -> str:
+        raise errors.Unauthenticated("the CS3 login has expired: log in again")
+
+
+async def test_multi_user_login_ends_with_its_cs3_token(
+    multi: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node keeps no password: when the user's CS3 token can no longer be renewed (the
+    gateway's maximum age), the browser is sent back to /login."""
+    caplog.set_level(logging.INFO, logger="mesh_collab.jupyter.identity")
+    async with browser() as http:
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        cookie = cookie_of(http)
+        session = multi.state.sessions.get("einstein")
+        assert session is not None
+        session.tokens = EndedLogin()
+        assert (await multi.api("GET", "me", http=http)).status_code == 403
+        assert "op=login ended user=einstein site=site-a reason=cs3-token" in caplog.text
+        assert "einstein" not in multi.state.sessions
+        assert await handshake_status(multi, cookie) == 403
+        page = await http.get(f"{multi.url}view/mine.txt", follow_redirects=False)
+        assert page.status_code == 302 and "/login?next=" in page.headers["Location"]
+        # Logging in again gives a new CS3 session.
+        assert (await multi.login(http, "einstein", "relativity")).status_code == 302
+        assert (await multi.api("GET", "me", http=http)).status_code == 200
+        assert multi.state.sessions.get("einstein") is not session
+
+
+def test_login_lifetimes_are_settings_with_defaults() -> None:
+    from traitlets.config import Config
+
+    from mesh_collab.jupyter.identity import CS3IdentityProvider
+
+    provider = CS3IdentityProvider()
+    assert (provider.session_max_age, provider.session_idle_timeout) == (12 * 3600, 2 * 3600)
+    sessions = Sessions()
+    assert (sessions.max_age, sessions.idle_timeout) == (12 * 3600, 2 * 3600)
+    configured = CS3IdentityProvider(config=Config(
+        {"CS3IdentityProvider": {"session_max_age": 0, "session_idle_timeout": 60}}))
+    assert (configured.session_max_age, configured.session_idle_timeout) == (0, 60)
+    for bad in (-1, float("nan")):
+        with pytest.raises(TraitError):
+            CS3IdentityProvider(session_idle_timeout=bad)
+
+
+def test_sessions_without_limits_never_end() -> None:
+    from mesh_collab.cs3.models import User, UserId
+
+    class FakeSession:
+        user = User(id=UserId(idp="site-a", opaque_id="marie"), username="marie")
+
+    clock = FakeClock()
+    sessions = Sessions(max_age=0, idle_timeout=0, clock=clock)
+    key = sessions.add(FakeSession())  # type: ignore[arg-type]
+    clock.now += 10**9
+    assert sessions.for_key("marie", key) is not None
+    sessions.set_lifetimes(max_age=10, idle_timeout=0)
+    assert sessions.for_key("marie", key) is None and "marie" not in sessions

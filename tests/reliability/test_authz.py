@@ -4,14 +4,16 @@ any log line.
 
 Actors: anonymous, a forged cookie, a replayed cookie after logout, a user the notebook is
 not shared with ("wrong user"), a viewer, an editor, the owner; then a forged identity in
-awareness, an expired CS3 token, and paths that try to leave the user's storage. (Remote
-sites without or with wrong credentials come with federation.)
+awareness, an expired CS3 token, and paths that try to leave the user's storage; last, what
+an editor share allows: editing, not taking the owner's file nor destroying it or its history.
+(Remote sites without or with wrong credentials come with federation.)
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +22,11 @@ import anyio
 import httpx
 import pytest
 
+from mesh_collab import errors
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
-from mesh_collab.cs3.models import Role
+from mesh_collab.cs3.gateway.storage import HIDDEN_LOCK_ID
+from mesh_collab.cs3.models import Lock, Role
 from tests.helpers import append, eventually
 from tests.jupyter.conftest import Node, NodeFactory
 from tests.reliability.conftest import DATA
@@ -291,3 +295,156 @@ async def test_global_presence_shows_a_user_only_their_own_windows(world: World)
 
     # A user's presence room goes with their last window: the node keeps none per user.
     await eventually(no_presence_room)
+
+
+# ---- an editor share: edit, not take or destroy ---------------------------------------------
+
+
+async def editor_share(einstein: Session, marie: Session, path: str) -> Any:
+    """einstein's ``path`` (written twice: one version), shared with marie as editor."""
+    await einstein.files.write(path, b"v1")
+    info = await einstein.files.write(path, b"v2")
+    share = await einstein.shares.create(info.id, marie.user.id, Role.EDITOR)
+    await marie.shares.accept(share.id)
+    return info
+
+
+async def test_an_editor_cannot_move_the_shared_file_into_her_home(
+    einstein: Session, marie: Session
+) -> None:
+    report = await editor_share(einstein, marie, "/home/einstein/report.ipynb")
+    with pytest.raises(errors.PermissionDenied):
+        await marie.files.move(report.id, "/home/marie/taken.ipynb")
+    owner_view = await einstein.files.stat("/home/einstein/report.ipynb")
+    assert owner_view.id == report.id and owner_view.owner == einstein.user.id
+    assert (await einstein.files.stat(report.id)).path == "/home/einstein/report.ipynb"
+    assert (await marie.files.stat(report.id)).path == "/home/einstein/report.ipynb"
+    with pytest.raises(errors.NotFound):
+        await marie.files.stat("/home/marie/taken.ipynb")
+
+
+async def test_an_editor_cannot_destroy_the_file_or_its_history(
+    einstein: Session, marie: Session
+) -> None:
+    thesis = await editor_share(einstein, marie, "/home/einstein/thesis.ipynb")
+    with pytest.raises(errors.PermissionDenied):
+        await marie.files.delete(thesis.id)
+    # Overwriting without versioning still leaves the owner the content it replaced.
+    await marie.files.write(thesis.id, b"blank", disable_versioning=True)
+    history = [await einstein.versions.read(thesis.id, v.key)
+               for v in await einstein.versions.list(thesis.id)]
+    assert history == [b"v2", b"v1"]
+
+
+async def test_an_editors_delete_in_a_shared_folder_is_restorable_by_the_owner(
+    einstein: Session, marie: Session
+) -> None:
+    await einstein.files.mkdir("/home/einstein/lab")
+    folder = await einstein.files.stat("/home/einstein/lab")
+    share = await einstein.shares.create(folder.id, marie.user.id, Role.EDITOR)
+    await marie.shares.accept(share.id)
+    await einstein.files.write("/home/einstein/lab/thesis.ipynb", b"v1")
+    thesis = await einstein.files.write("/home/einstein/lab/thesis.ipynb", b"v2")
+    await marie.files.delete(thesis.id)
+    with pytest.raises(errors.NotFound):
+        await einstein.files.stat(thesis.id)
+    (item,) = await einstein.files.list_recycle("/home/einstein")
+    assert item.path == "/home/einstein/lab/thesis.ipynb"
+    await einstein.files.restore_recycle_item("/home/einstein", item.key)
+    assert await einstein.files.read(thesis.id) == b"v2"
+    (version,) = await einstein.versions.list(thesis.id)
+    assert await einstein.versions.read(thesis.id, version.key) == b"v1"
+
+
+async def test_an_editor_cannot_drag_a_file_out_of_a_shared_folder(
+    node_factory: NodeFactory, gateway: Any, einstein: Session, marie: Session
+) -> None:
+    marie_node = await node_factory(gateway, cs3_username="marie", cs3_password="radioactivity")
+    await einstein.files.mkdir("/home/einstein/proj")
+    nb = await einstein.files.write("/home/einstein/proj/nb.ipynb",
+                                    (DATA / "test4.ipynb").read_bytes())
+    folder = await einstein.files.stat("/home/einstein/proj")
+    share = await einstein.shares.create(folder.id, marie.user.id, Role.EDITOR)
+    await marie.shares.accept(share.id)
+    moved = await marie_node.contents("PATCH", "Shared with me/proj/nb.ipynb",
+                                      body={"path": "nb.ipynb"})
+    assert moved.status_code == 403, moved.text
+    assert (await einstein.files.stat(nb.id)).path == "/home/einstein/proj/nb.ipynb"
+    inside = await marie_node.contents("PATCH", "Shared with me/proj/nb.ipynb",
+                                       body={"path": "Shared with me/proj/renamed.ipynb"})
+    assert inside.status_code == 200, inside.text
+    assert (await einstein.files.stat(nb.id)).path == "/home/einstein/proj/renamed.ipynb"
+
+
+async def test_a_reused_transfer_token_is_refused(einstein: Session, cs3: Any) -> None:
+    """An upload URL serves one PUT, and none once the share behind it is removed."""
+    from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
+    from cs3.types.v1beta1 import types_pb2
+
+    from mesh_collab.cs3.models import reference
+
+    info = await einstein.files.write("/home/einstein/probe.json", b'{"v": "einstein 1"}')
+    marie = await cs3.login("marie", "radioactivity")
+    share = await einstein.shares.create(info.id, marie.user.id, Role.EDITOR)
+    await marie.shares.accept(share.id)
+
+    async def upload_url() -> tuple[str, str]:
+        opaque = types_pb2.Opaque(map={"Upload-Length": types_pb2.OpaqueEntry(
+            decoder="plain", value=b"15")})
+        res = await marie.call("InitiateFileUpload", sp.InitiateFileUploadRequest(
+            ref=reference(info.id), opaque=opaque))
+        return res.protocols[0].upload_endpoint, res.protocols[0].token
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        endpoint, token = await upload_url()
+        statuses = [
+            (await http.put(endpoint, headers={"X-Reva-Transfer": token},
+                            content=f'{{"v": "marie {n}"}}'.encode())).status_code
+            for n in (1, 2)
+        ]
+        assert statuses == [200, 403]
+        endpoint, token = await upload_url()
+        await einstein.shares.remove(share.id)
+        for n in (3, 4):
+            r = await http.put(endpoint, headers={"X-Reva-Transfer": token},
+                               content=f'{{"v": "marie {n}"}}'.encode())
+            assert r.status_code == 403
+    assert await einstein.files.read(info.id) == b'{"v": "marie 1"}'
+
+
+# ---- the room's lock: its id is not a viewer's to see, nor an editor's to take --------------
+
+
+async def test_viewers_do_not_see_the_rooms_lock_id_and_editors_cannot_take_it(
+    world: World, einstein: Session, cs3: Any
+) -> None:
+    viewer = await cs3.login("marie", "radioactivity")
+    editor = await cs3.login("richard", "superfluidity")
+    rid = (await einstein.files.stat("/home/einstein/matrix.ipynb")).id
+    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+        owner = await tg.start(
+            YClient(world.room_url, headers={"Cookie": world.cookies["einstein"]}).run, http)
+        with anyio.fail_after(15):
+            await owner.until(lambda: owner.synced.is_set())
+        held = await eventually(lambda: einstein.locks.get(rid))
+        assert held.app_name == "mesh_collab"
+        # The room's own lock (lock_expiry, 60 s) is not touched by the gateway's cap.
+        assert held.expiration <= time.time() + 61
+        # A viewer sees that the room holds the file, not the id that writes through it.
+        for seen in (await viewer.locks.get(rid), (await viewer.files.stat(rid)).lock):
+            assert seen is not None and seen.app_name == "mesh_collab"
+            assert seen.lock_id == HIDDEN_LOCK_ID
+        # An editor sees the id, and still cannot take the lock over nor release it.
+        assert (await editor.locks.get(rid)).lock_id == held.lock_id
+        with pytest.raises(errors.LockConflict):
+            await editor.locks.refresh(
+                rid, Lock(lock_id="richard:1", app_name="mesh_collab",
+                          expiration=float(int(time.time() + 60))),
+                existing_lock_id=held.lock_id,
+            )
+        with pytest.raises(errors.LockConflict):
+            await editor.locks.unlock(rid, held)
+        assert (await einstein.locks.get(rid)).lock_id == held.lock_id
+        room = next(iter(world.node.state.server.rooms.values()))
+        assert room.lock_state == "held"
+        await owner.close()

@@ -33,7 +33,7 @@ from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Room
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import UpdateLog
-from tests.helpers import EINSTEIN, MARIE, append, client, peer, until
+from tests.helpers import EINSTEIN, MARIE, append, client, eventually, peer, until
 from tests.jupyter.conftest import TOKEN, NodeFactory
 from tests.reliability.conftest import DATA
 
@@ -199,7 +199,12 @@ async def test_a_user_at_the_connection_limit_is_refused_and_nobody_else_is(
                             second.doc, marie_in_a.doc)
             append(marie_in_m.nb.ycells[0], " two")
             await until(lambda: source(server, m).endswith(" two"), server.rooms[m].room.doc)
-        # His connections ended: he may connect again.
+        # His connections ended (the node counts them down as each one's task ends): he
+        # may connect again.
+        async def all_ended() -> bool:
+            return server._user_connections["einstein"] == 0
+
+        await eventually(all_ended)
         async with client(server, tg, a, einstein, EINSTEIN):
             pass
         tg.cancel_scope.cancel()

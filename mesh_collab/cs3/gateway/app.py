@@ -33,10 +33,11 @@ from .interceptor import AuthInterceptor
 from .locks import LockProfile, rules_for
 from .namespace import Namespace
 from .ocm import Discovery, OcmStore
+from .recycle import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES
 from .servicer import GatewayServicer
 from .shares import ShareStore
 from .storage import Storage
-from .tokens import TokenSigner
+from .tokens import MAX_AGE, TokenSigner
 from .users import UserDirectory
 
 _GRACE = 2.0
@@ -54,7 +55,8 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
             ...  # Authenticate einstein/relativity, Stat, InitiateFileUpload, ...
 
     Args:
-        root: folder holding ``files/``, ``versions/``, ``tmp/`` and ``meta.sqlite``.
+        root: folder holding ``files/``, ``versions/``, ``trash/``, ``tmp/`` and
+            ``meta.sqlite``.
         site: the site name; the storage id and space ids derive from it.
         host: the address both servers bind.
         port: the gRPC port; 0 picks a free one.
@@ -65,10 +67,17 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         lock_profile: ``"eos"`` (Reva master) or ``"edge"`` (Reva edge).
         domain: the OCM domain and default idp; default the HTTP authority (``host:port``).
         token_lifetime: access token validity in seconds.
+        token_max_age: seconds after a password login past which its tokens are no longer
+            renewed (default 7 days): the user logs in again.
         max_upload_size: largest accepted upload in bytes (413 / RESOURCE_EXHAUSTED above).
         login_throttle: counts failed basic logins; default :class:`LoginThrottle` with 5
             failures per account and 100 per client address in 5 minutes (every node of the
             site logs its users in from its one address).
+        recycle_max_age: seconds a deleted resource stays in its space's recycle bin before
+            it is purged; default 30 days; None keeps it until purged.
+        recycle_max_bytes: bytes of deleted resources one space's bin keeps; default 4 GiB;
+            None for no limit. The owner's deletes purge the oldest items to make room (the
+            newest always stays); a grantee's delete that does not fit is refused.
         log: the logger; default ``mesh_collab.cs3.gateway``.
 
     Raises:
@@ -88,8 +97,11 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         lock_profile: Literal["eos", "edge"] = "eos",
         domain: str | None = None,
         token_lifetime: float = 86400,
+        token_max_age: float = MAX_AGE,
         max_upload_size: int = 512 * 2**20,
         login_throttle: LoginThrottle | None = None,
+        recycle_max_age: float | None = DEFAULT_MAX_AGE,
+        recycle_max_bytes: int | None = DEFAULT_MAX_BYTES,
         log: logging.Logger | None = None,
     ) -> None:
         rules_for(lock_profile)  # fail early on a bad profile
@@ -104,8 +116,11 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         self._lock_profile: LockProfile = lock_profile
         self._domain = domain
         self._token_lifetime = token_lifetime
+        self._token_max_age = token_max_age
         self._max_upload_size = max_upload_size
         self._throttle = login_throttle or LoginThrottle(max_per_account=5, max_per_address=100)
+        self._recycle_max_age = recycle_max_age
+        self._recycle_max_bytes = recycle_max_bytes
         self._log = log or logging.getLogger("mesh_collab.cs3.gateway")
         self._grpc_port: int | None = None
         self._http_port: int | None = None
@@ -209,9 +224,10 @@ class EmbeddedGateway(anyio.AsyncContextManagerMixin):
         storage = Storage(
             root=self._root, db=db, namespace=namespace, rules=rules_for(self._lock_profile),
             users=users, shares=shares, idp=domain, log=self._log,
+            recycle_max_age=self._recycle_max_age, recycle_max_bytes=self._recycle_max_bytes,
         )
         tokens = TokenSigner(db.secret("jwt"), db.secret("transfer"),
-                             lifetime=self._token_lifetime)
+                             lifetime=self._token_lifetime, max_age=self._token_max_age)
         return Core(
             site=self._site, domain=domain, http_url=self.http_url, users=users,
             tokens=tokens, ns=namespace, storage=storage, shares=shares, ocm=OcmStore(db),

@@ -1,8 +1,8 @@
 """The gateway's metadata database: one SQLite file in WAL mode.
 
 Everything that is not file content lives here: node ids, arbitrary metadata, locks,
-versions, shares, OCM shares and the JWT secrets, so the file (and its -wal and -shm) has
-mode 0600. All calls are short and run on the event loop's thread (one connection,
+versions, the recycle bin, shares, OCM shares and the JWT secrets, so the file (and its -wal
+and -shm) has mode 0600. All calls are short and run on the event loop's thread (one connection,
 ``check_same_thread`` on); only file content is moved on worker threads. Writes that must
 be atomic (SetLock races, share creation) run in :meth:`MetaDB.transaction`, which opens
 ``BEGIN IMMEDIATE``.
@@ -50,6 +50,23 @@ CREATE TABLE IF NOT EXISTS versions (
     etag TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS versions_node ON versions (node_id, seq);
+CREATE TABLE IF NOT EXISTS recycle (
+    key TEXT PRIMARY KEY,
+    space TEXT NOT NULL,            -- username of the home the resource was deleted from
+    path TEXT NOT NULL,             -- where it was: posix path relative to <root>/files
+    type INTEGER NOT NULL,          -- ResourceType (file or container)
+    size INTEGER NOT NULL,          -- bytes of its files when deleted
+    deleted REAL NOT NULL,          -- unix seconds
+    deleted_by TEXT NOT NULL        -- opaque id of the user who deleted it
+);
+CREATE INDEX IF NOT EXISTS recycle_space ON recycle (space, deleted);
+CREATE TABLE IF NOT EXISTS recycle_nodes (
+    id TEXT PRIMARY KEY,            -- a node id, given back on restore
+    key TEXT NOT NULL,              -- the recycle item holding the node
+    rel TEXT NOT NULL,              -- its path below the item's root ('' for the root)
+    gen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recycle_nodes_key ON recycle_nodes (key);
 CREATE TABLE IF NOT EXISTS shares (
     id TEXT PRIMARY KEY,
     node_id TEXT NOT NULL,

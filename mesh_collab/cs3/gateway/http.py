@@ -4,14 +4,21 @@ Routes:
 
 * ``PUT|GET|HEAD /datagateway/<token>``: the data gateway (spec §1.5). The transfer token
   comes from the ``X-Reva-Transfer`` header or the last path segment; an invalid, forged or
-  expired one is 403. The transfer token alone authorises the transfer (``x-access-token``
-  is accepted and ignored). PUT answers 200 with ``ETag``/``OC-ETag``/``OC-FileId``; GET
-  supports ``Range`` (206).
+  expired one is 403. The transfer token authorises the transfer (``x-access-token`` is
+  accepted and ignored), and the user it names must still have the right to it when the
+  request comes (a share removed since InitiateFileUpload/Download: 403). An upload token
+  serves one PUT: the first that presents it spends it, whatever its outcome, and any
+  other is 403. A download token serves any number of GETs within its life (60 s), so that
+  a client may retry or read ranges. PUT answers 200 with ``ETag``/``OC-ETag``/
+  ``OC-FileId``; GET supports ``Range`` (206). ``X-Disable-Versioning: true`` on a PUT is
+  honoured for the owner of the file only; anybody else's write keeps the replaced content
+  as a version.
 * ``GET /.well-known/ocm`` (and the legacy ``/ocm-provider``): OCM discovery.
 * ``POST /ocm/shares``: receive an OCM share; 201 ``{"recipientDisplayName": ...}``, 400
   with a JSON error for a bad body, 404 for an unknown ``shareWith`` user.
 * ``GET|HEAD|PUT /remote.php/dav/ocm/<secret>[/<path>]``: the shared resource, for the
-  recipient's site (secret in the path, or ``Authorization: Bearer <secret>``).
+  recipient's site (secret in the path, or ``Authorization: Bearer <secret>``). A PUT always
+  keeps the replaced content as a version.
 
 Every refusal is a :class:`~mesh_collab.cs3.gateway.status.GatewayError` turned into an HTTP
 status by one middleware, which is also the single catch-all boundary of a request.
@@ -43,6 +50,7 @@ from .status import (
     GatewayError,
     http_status,
 )
+from .users import UserRecord
 
 TRANSFER_HEADER = "X-Reva-Transfer"
 _CHUNK = 1 << 20
@@ -110,10 +118,26 @@ def _transfer_claims(request: web.Request, op: str) -> dict[str, Any]:
     return claims
 
 
+def _transfer_user(core: Core, claims: dict[str, Any]) -> UserRecord:
+    """The user a transfer token was issued to (their rights are checked again now)."""
+    rec = core.users.by_opaque_id(str(claims.get("user", "")))
+    if rec is None:
+        raise GatewayError(PERMISSION_DENIED, "transfer token names an unknown user", http=403)
+    return rec
+
+
 async def _upload(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
     claims = _transfer_claims(request, "upload")
+    try:
+        core.tokens.spend_transfer(claims)
+    except GatewayError as exc:
+        core.log.warning("op=PUT user=%s refused: %s", claims.get("user", ""), exc.message)
+        raise GatewayError(PERMISSION_DENIED, exc.message, http=403) from exc
     node = core.ns.node(str(claims["path"]))
+    # The rights may have changed since InitiateFileUpload (a share removed): ask again.
+    # The grants of the node and of the folders above it count, whether it exists or not.
+    core.storage.require(_transfer_user(core, claims), node, "initiate_file_upload")
     since = claims.get("if_unmodified_since")
     cond = Conditions(
         if_not_exist=bool(claims.get("if_not_exist")),
@@ -122,12 +146,16 @@ async def _upload(request: web.Request) -> web.Response:
     )
     # Edge: the lock id saved in the upload session overrides X-Lock-Id (spec §2.2).
     lock_id = str(claims.get("lock_id") or "") or request.headers.get("X-Lock-Id", "")
+    uploader = str(claims.get("user", ""))
+    # Only the owner may write without keeping the replaced content: a grantee's write
+    # always leaves a version the owner can go back to.
+    versioning = not (_disabled_versioning(request) and core.storage.owns(uploader, node))
     tmp = await _receive_body(request, core)
     try:
         node_id = await core.storage.commit(
-            node, tmp, uploader=str(claims.get("user", "")), lock_id=lock_id,
+            node, tmp, uploader=uploader, lock_id=lock_id,
             holder=request.headers.get("X-Lock-Holder", ""),
-            versioning=not _disabled_versioning(request), conditions=cond,
+            versioning=versioning, conditions=cond,
         )
     finally:
         tmp.unlink(missing_ok=True)
@@ -143,6 +171,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if node is None:
         raise GatewayError(NOT_FOUND, "file not found")
     version_key = str(claims.get("version_key") or "")
+    # The rights may have changed since InitiateFileDownload (a share removed): ask again.
+    core.storage.require(_transfer_user(core, claims), node, "initiate_file_download")
     if version_key:
         version = core.storage.versions.get(node_id, version_key)
         if version is None:
@@ -284,7 +314,8 @@ async def _dav_put(request: web.Request) -> web.Response:
             node, tmp, uploader=f"ocm:{row['grantee_opaque']}@{row['grantee_idp']}",
             lock_id=request.headers.get("X-Lock-Id", ""),
             holder=request.headers.get("X-Lock-Holder", ""),
-            versioning=not _disabled_versioning(request), webdav=True,
+            # A recipient is never the owner: X-Disable-Versioning is not theirs to send.
+            versioning=True, webdav=True,
         )
     finally:
         tmp.unlink(missing_ok=True)

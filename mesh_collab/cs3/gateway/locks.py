@@ -8,11 +8,35 @@ that concurrent SetLock calls race safely (exactly one wins).
 
 Reva sources cited below: master ``pkg/storage/fs/eos/locks.go`` (EOS) and edge
 ``pkg/storage/utils/decomposedfs/node/locks.go`` (decomposedfs).
+
+Both profiles are stricter than Reva, which lets one user act on another's lock:
+
+* **Expiry is capped** at :data:`MAX_LOCK_EXPIRY` (30 minutes, the WOPI lock lifetime
+  wopiserver and cs3client use). A SetLock or RefreshLock without an expiration, or with a
+  later one, gets the cap: the lock lives 30 minutes from the call, and GetLock says so. Reva
+  stores what it is given (EOS: no expiration is a lock for ever).
+* **A lock belongs to its user**: the ``user`` of the lock, else the user who set it (a
+  SetLock naming another ``user`` is PERMISSION_DENIED). Only they refresh or release it,
+  whatever the app name and whatever lock id the request proves: every writer of a file can
+  read its lock id (Stat, GetLock), so the id says nothing about who is asking. Another
+  user gets the profile's holder-mismatch code (FAILED_PRECONDITION on eos,
+  PERMISSION_DENIED on edge). Reva decides on the app name alone for app locks, so any
+  user of the same app may refresh or release them.
+* **The owner of a file may break a lock** on it (Unlock with the lock's id) whoever set it
+  and with whatever app: the owner keeps the last word over their file.
+* **Writing through an app lock** with ``X-Lock-Holder: <app>`` alone (eos) is for the
+  lock's user; another writer must also send the lock's id (``X-Lock-Id`` or the upload's
+  ``lock_id``), as edge requires of everybody. Collaborators of the holder write through
+  its lock that way.
+
+SHARED locks (edge) stay advisory: no holder checks, as in decomposedfs. Who may see a
+lock's id is the storage's business (:meth:`~.storage.Storage.get_lock`).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -35,6 +59,12 @@ from .status import (
 
 LockProfile = Literal["eos", "edge"]
 
+#: The longest a lock lives without a refresh, in seconds: 30 minutes, the WOPI lock
+#: lifetime (wopiserver, and cs3client's default ``lock_expiration``).
+MAX_LOCK_EXPIRY = 1800.0
+# Node ids per query of many locks (SQLite's default limit of variables is 999 before 3.32).
+_BATCH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class StoredLock:
@@ -48,6 +78,11 @@ class StoredLock:
     expiration: float | None
     creation: float
     setter: str
+
+    @property
+    def holder_user(self) -> str:
+        """The opaque id of the user the lock belongs to: its ``user``, else its setter."""
+        return self.user_opaque or self.setter
 
     def live(self, now: float) -> bool:
         """Whether the lock has not expired at ``now``."""
@@ -73,13 +108,17 @@ class LockTable:
     def get(self, node_id: str) -> StoredLock | None:
         """Return the stored lock of a node, expired or not."""
         row = self.db.one("SELECT * FROM locks WHERE node_id = ?", (node_id,))
-        if row is None:
-            return None
-        return StoredLock(
-            lock_id=row["lock_id"], type=row["type"], user_idp=row["user_idp"],
-            user_opaque=row["user_opaque"], app_name=row["app_name"],
-            expiration=row["expiration"], creation=row["creation"], setter=row["setter"],
-        )
+        return None if row is None else _from_row(row)
+
+    def get_many(self, node_ids: list[str]) -> dict[str, StoredLock]:
+        """Return the stored locks of several nodes (expired or not), by node id."""
+        found: dict[str, StoredLock] = {}
+        for start in range(0, len(node_ids), _BATCH):
+            chunk = node_ids[start:start + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.all(f"SELECT * FROM locks WHERE node_id IN ({marks})", chunk)
+            found.update((str(row["node_id"]), _from_row(row)) for row in rows)
+        return found
 
     def put(self, node_id: str, lock: StoredLock) -> None:
         """Store (insert or replace) the lock of a node."""
@@ -103,12 +142,29 @@ class LockTable:
         return lock
 
 
+def _from_row(row: sqlite3.Row) -> StoredLock:
+    expiration = row["expiration"]
+    if expiration is None:
+        # Stored before expiry was capped: it lives the cap from its creation.
+        expiration = row["creation"] + MAX_LOCK_EXPIRY
+    return StoredLock(
+        lock_id=row["lock_id"], type=row["type"], user_idp=row["user_idp"],
+        user_opaque=row["user_opaque"], app_name=row["app_name"],
+        expiration=expiration, creation=row["creation"], setter=row["setter"],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who asks: the user's opaque id and idp."""
+    """Who asks: the user's opaque id and idp, and whether they own the file."""
 
     opaque_id: str
     idp: str
+    owns_file: bool = False
+
+    def may_break(self, lock: StoredLock) -> bool:
+        """Whether this is the file's owner acting on a lock that is not theirs."""
+        return self.owns_file and lock.holder_user != self.opaque_id
 
 
 class LockRules(Protocol):
@@ -118,6 +174,11 @@ class LockRules(Protocol):
 
     def stat_lock(self, table: LockTable, node_id: str, now: float) -> StoredLock | None:
         """The lock to show in ``ResourceInfo.lock``."""
+
+    def stat_locks(
+        self, table: LockTable, node_ids: list[str], now: float
+    ) -> dict[str, StoredLock]:
+        """The locks to show in the ``ResourceInfo.lock`` of several nodes (a listing)."""
 
     def set_lock(
         self, table: LockTable, node_id: str, lock: res.Lock, caller: Caller, now: float
@@ -166,10 +227,15 @@ class EosRules:
         # the expiration: clients must check it themselves (spec §2.1 "Expiry").
         return table.get(node_id)
 
+    def stat_locks(
+        self, table: LockTable, node_ids: list[str], now: float
+    ) -> dict[str, StoredLock]:
+        return table.get_many(node_ids)
+
     def set_lock(
         self, table: LockTable, node_id: str, lock: res.Lock, caller: Caller, now: float
     ) -> None:
-        _require_lock_id(lock)
+        _require_lock_id(lock, caller)
         if lock.type == res.LOCK_TYPE_SHARED:
             # eos SetLock returns NotSupported for shared locks, which the storage provider's
             # SetLock mapping does not handle: INTERNAL, not UNIMPLEMENTED.
@@ -200,9 +266,11 @@ class EosRules:
                 raise GatewayError(FAILED_PRECONDITION, "caller does not hold the lock")
             if existing_lock_id and existing_lock_id != current.lock_id:
                 raise GatewayError(FAILED_PRECONDITION, "mismatching existing lock id")
+            if current.holder_user != caller.opaque_id:
+                raise GatewayError(FAILED_PRECONDITION, "the lock belongs to another user")
             # eosfs does not enforce the lock id on refresh: a different lock_id without
             # existing_lock_id replaces the stored one (glpatcern, cs3apis PR #182).
-            table.put(node_id, _refreshed(current, lock))
+            table.put(node_id, _refreshed(current, lock, now))
 
     def unlock(
         self, table: LockTable, node_id: str, lock: res.Lock, caller: Caller, now: float
@@ -211,8 +279,13 @@ class EosRules:
             current = table.read_live(node_id, now)
             if current is None:
                 raise GatewayError(FAILED_PRECONDITION, "reference not locked")
-            if lock.lock_id != current.lock_id or not _same_holder(current, lock, caller):
+            if lock.lock_id != current.lock_id:
                 raise GatewayError(FAILED_PRECONDITION, "caller does not hold the lock")
+            if not caller.may_break(current):
+                if not _same_holder(current, lock, caller):
+                    raise GatewayError(FAILED_PRECONDITION, "caller does not hold the lock")
+                if current.holder_user != caller.opaque_id:
+                    raise GatewayError(FAILED_PRECONDITION, "the lock belongs to another user")
             table.delete(node_id)
 
     def check_op(self, table: LockTable, node_id: str | None, lock_id: str, now: float) -> None:
@@ -235,9 +308,12 @@ class EosRules:
             return None
         # EOS tags writes with the app from X-Lock-Holder (default "write") and refuses
         # them with a Conflict (HTTP 409) when an app lock of another app is live
-        # (pkg/storage/fs/eos/client/grpc/eoshttp.go, reva PR #4514).
+        # (pkg/storage/fs/eos/client/grpc/eoshttp.go, reva PR #4514). The app tag alone is
+        # the lock's user's; another writer also shows the lock's id.
         if lock.app_name:
-            held = _eos_app_tag(holder) == _eos_app_tag(lock.app_name) if holder else False
+            held = bool(holder) and _eos_app_tag(holder) == _eos_app_tag(lock.app_name) and (
+                uploader == lock.holder_user or lock_id == lock.lock_id
+            )
         elif lock.user_opaque:
             held = uploader == lock.user_opaque
         else:
@@ -257,10 +333,21 @@ class EdgeRules:
         # node.go AsResourceInfo → ReadLock, which removes expired locks.
         return table.read_live(node_id, now)
 
+    def stat_locks(
+        self, table: LockTable, node_ids: list[str], now: float
+    ) -> dict[str, StoredLock]:
+        found = table.get_many(node_ids)
+        expired = [node_id for node_id, lock in found.items() if not lock.live(now)]
+        if expired:
+            with table.db.transaction():
+                for node_id in expired:
+                    table.delete(node_id)
+        return {k: v for k, v in found.items() if k not in expired}
+
     def set_lock(
         self, table: LockTable, node_id: str, lock: res.Lock, caller: Caller, now: float
     ) -> None:
-        _require_lock_id(lock)
+        _require_lock_id(lock, caller)
         with table.db.transaction():
             # ReadLock deletes an expired lock file, then O_EXCL creation succeeds.
             if table.read_live(node_id, now) is not None:
@@ -292,7 +379,7 @@ class EdgeRules:
             elif lock.lock_id != current.lock_id:
                 raise GatewayError(ABORTED, "mismatching lock ID")
             _edge_holder_check(current, lock, caller)
-            table.put(node_id, _refreshed(current, lock))
+            table.put(node_id, _refreshed(current, lock, now))
 
     def unlock(
         self, table: LockTable, node_id: str, lock: res.Lock, caller: Caller, now: float
@@ -305,7 +392,8 @@ class EdgeRules:
                 raise GatewayError(ABORTED, "lock does not exist")
             if lock.lock_id != current.lock_id:
                 raise GatewayError(LOCKED, f"error: locked by {_short(current.lock_id)}")
-            _edge_holder_check(current, lock, caller)
+            if not caller.may_break(current):
+                _edge_holder_check(current, lock, caller)
             table.delete(node_id)
 
     def check_op(self, table: LockTable, node_id: str | None, lock_id: str, now: float) -> None:
@@ -369,11 +457,14 @@ def rules_for(profile: LockProfile) -> LockRules:
     raise ValueError(f"unknown lock profile {profile!r}: use 'eos' or 'edge'")
 
 
-def _require_lock_id(lock: res.Lock) -> None:
+def _require_lock_id(lock: res.Lock, caller: Caller) -> None:
     if not lock.lock_id:
         raise GatewayError(INVALID_ARGUMENT, "missing lock id")
     if lock.type == res.LOCK_TYPE_INVALID:
         raise GatewayError(INVALID_ARGUMENT, "missing lock type")
+    if lock.user.opaque_id and lock.user.opaque_id != caller.opaque_id:
+        # The lock would belong to that user: nobody takes a lock in another's name.
+        raise GatewayError(PERMISSION_DENIED, "a lock can only be set for oneself")
 
 
 def _new_lock(lock: res.Lock, caller: Caller, now: float) -> StoredLock:
@@ -383,16 +474,23 @@ def _new_lock(lock: res.Lock, caller: Caller, now: float) -> StoredLock:
         user_idp=lock.user.idp if lock.user.opaque_id else "",
         user_opaque=lock.user.opaque_id,
         app_name=lock.app_name,
-        expiration=_seconds(lock.expiration),
+        expiration=_capped(lock.expiration, now),
         creation=_seconds(lock.creation_time) or now,  # EOS fills creation_time if absent
         setter=caller.opaque_id,
     )
 
 
-def _refreshed(current: StoredLock, lock: res.Lock) -> StoredLock:
+def _refreshed(current: StoredLock, lock: res.Lock, now: float) -> StoredLock:
     # Refresh replaces lock id and expiration and keeps creation_time (EOS refreshLock).
     return replace(current, lock_id=lock.lock_id or current.lock_id,
-                   expiration=_seconds(lock.expiration))
+                   expiration=_capped(lock.expiration, now))
+
+
+def _capped(ts: types_pb2.Timestamp, now: float) -> float:
+    # None (no expiration) would be a lock for ever on EOS: every lock gets the cap at most.
+    asked = _seconds(ts)
+    cap = now + MAX_LOCK_EXPIRY
+    return cap if asked is None else min(asked, cap)
 
 
 def _request_user(current: StoredLock, lock: res.Lock, caller: Caller) -> str:
@@ -421,7 +519,7 @@ def _edge_holder_check(current: StoredLock, lock: res.Lock, caller: Caller) -> N
     wanted = _request_user(current, lock, caller)
     if (current.user_opaque or wanted) and current.user_opaque != wanted:
         raise GatewayError(PERMISSION_DENIED, "users of the locks are mismatching")
-    if current.user_opaque and current.user_opaque != caller.opaque_id:
+    if current.holder_user != caller.opaque_id:
         raise GatewayError(PERMISSION_DENIED, "caller is not the lock user")
 
 

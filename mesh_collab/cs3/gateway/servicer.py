@@ -24,12 +24,14 @@ from cs3.identity.user.v1beta1 import user_api_pb2 as user_api
 from cs3.rpc.v1beta1 import status_pb2
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as res
+from cs3.types.v1beta1 import types_pb2
 from google.protobuf import message_factory
 
 from .content import Conditions
 from .core import Core, call_peer, opaque_str, rpc
 from .namespace import Node
 from .ocm_rpcs import OcmRpcs
+from .recycle import RecycleEntry
 from .status import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -61,21 +63,27 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
         """Authenticate with "basic" (username + password) or "bearer".
 
         "bearer" takes a JWT this gateway issued earlier (``client_secret``; ``client_id`` is
-        ignored, as Reva's OIDC manager does) and exchanges it for a fresh token.
+        ignored, as Reva's OIDC manager does) and exchanges it for a fresh token of the same
+        login: it keeps the ``auth_time`` of the one it replaces and lives at most until the
+        login's maximum age (:meth:`TokenSigner.renewable`). Past that age, or once the
+        token already lives until then, the exchange answers UNAUTHENTICATED; an invalid or
+        expired token, PERMISSION_DENIED.
 
         "basic" answers an unknown user and a wrong password alike (PERMISSION_DENIED "wrong
         user name or password"), and refuses with RESOURCE_EXHAUSTED "too many failed logins:
         try again in N s" once :attr:`Core.throttle` says so, without checking the password.
         """
+        auth_time = None
         if req.type == "basic":
             rec = await self._check_password(req.client_id, req.client_secret)
         elif req.type == "bearer":
+            auth_time = self.core.tokens.renewable(req.client_secret)
             rec = self.core.user_from_token(req.client_secret)
         else:
             # The gateway finds no auth provider for the type (authprovider.go).
             raise GatewayError(INTERNAL, f"error getting auth provider for type: {req.type!r}")
         self.core.storage.ensure_home(rec)
-        token = self.core.tokens.issue(rec.to_claims(), idp=rec.idp)
+        token = self.core.tokens.issue(rec.to_claims(), idp=rec.idp, auth_time=auth_time)
         self.core.log.info("op=Authenticate user=%s type=%s", rec.username, req.type)
         return gw.AuthenticateResponse(token=token, user=rec.to_proto())
 
@@ -181,11 +189,17 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
 
     @rpc(sp.ListContainerResponse)
     async def ListContainer(self, req: sp.ListContainerRequest, user: UserRecord) -> Any:
-        """ListContainer, paged by offset when ``page_size`` is set."""
+        """ListContainer, paged by offset when ``page_size`` is set (only the page's entries
+        are described); without it, the whole folder, as Reva and cs3client expect."""
         node = self.core.ns.resolve(req.ref)
-        infos = self.core.storage.list_container(user, node, list(req.arbitrary_metadata_keys))
-        page, token = _page(infos, req.page_size, req.page_token)
-        return sp.ListContainerResponse(infos=page, next_page_token=token)
+        start = _offset(req.page_token)
+        infos, total = await self.core.storage.list_container(
+            user, node, list(req.arbitrary_metadata_keys), start=start,
+            limit=max(req.page_size, 0),
+        )
+        return sp.ListContainerResponse(
+            infos=infos, next_page_token=_next_token(start, req.page_size, total)
+        )
 
     @rpc(sp.CreateContainerResponse)
     async def CreateContainer(self, req: sp.CreateContainerRequest, user: UserRecord) -> Any:
@@ -203,10 +217,11 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
 
     @rpc(sp.DeleteResponse)
     async def Delete(self, req: sp.DeleteRequest, user: UserRecord) -> Any:
-        """Delete (containers recursively)."""
+        """Delete (containers recursively) into the recycle bin of the resource's space."""
         node = self.core.ns.resolve(req.ref)
-        await self.core.storage.delete(user, node, req.lock_id)
-        self.core.log.info("op=Delete user=%s ref=%s", user.username, node.path)
+        key = await self.core.storage.delete(user, node, req.lock_id)
+        self.core.log.info("op=Delete user=%s ref=%s recycle=%s", user.username, node.path,
+                           key)
         return sp.DeleteResponse()
 
     @rpc(sp.MoveResponse)
@@ -249,7 +264,8 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
 
     @rpc(sp.GetQuotaResponse)
     async def GetQuota(self, req: gw.GetQuotaRequest, user: UserRecord) -> Any:
-        """GetQuota: the free disk space plus what the home uses; no real quota."""
+        """GetQuota: the free disk space plus what the home uses; no real quota. What the
+        home uses is counted at most every ``QUOTA_MAX_AGE`` seconds."""
         ns = self.core.ns
         has_ref = req.HasField("ref") and (req.ref.path or req.ref.HasField("resource_id"))
         node = ns.resolve(req.ref) if has_ref else ns.resolve_path(f"/home/{user.username}")
@@ -334,11 +350,67 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
         await self.core.storage.restore_version(user, node, req.key, req.lock_id)
         return sp.RestoreFileVersionResponse()
 
+    # ---- recycle bin ----------------------------------------------------------------------
+
+    @rpc(sp.ListRecycleResponse)
+    async def ListRecycle(self, req: sp.ListRecycleRequest, user: UserRecord) -> Any:
+        """ListRecycle: the bin of the space ``ref`` is in (default: the caller's home).
+
+        ``key`` picks one item; ``from_ts``/``to_ts`` bound the deletion time (seconds);
+        paged by offset. Sub-paths of an item (``<key>/<path>``) are not addressable.
+        """
+        node = self._space_ref(req.ref, user)
+        entries = await self.core.storage.list_recycle(user, node)
+        low = req.from_ts.seconds if req.HasField("from_ts") else None
+        high = req.to_ts.seconds if req.HasField("to_ts") else None
+        items = [
+            _recycle_item(e) for e in entries
+            if (not req.key or e.key == req.key)
+            and (low is None or e.deleted >= low)
+            and (high is None or e.deleted < high + 1)
+        ]
+        page, token = _page(items, req.page_size, req.page_token)
+        return sp.ListRecycleResponse(recycle_items=page, next_page_token=token)
+
+    @rpc(sp.RestoreRecycleItemResponse)
+    async def RestoreRecycleItem(
+        self, req: sp.RestoreRecycleItemRequest, user: UserRecord
+    ) -> Any:
+        """RestoreRecycleItem: to the original path, or to ``restore_ref`` (same space)."""
+        core = self.core
+        node = self._space_ref(req.ref, user)
+        target = None
+        if req.HasField("restore_ref") and (
+            req.restore_ref.path or req.restore_ref.HasField("resource_id")
+        ):
+            target = core.ns.resolve(req.restore_ref)
+        dst = await core.storage.restore_recycle_item(user, node, req.key, target, req.lock_id)
+        core.log.info("op=RestoreRecycleItem user=%s key=%s ref=%s", user.username, req.key,
+                      dst.path)
+        return sp.RestoreRecycleItemResponse()
+
+    @rpc(sp.PurgeRecycleResponse)
+    async def PurgeRecycle(self, req: sp.PurgeRecycleRequest, user: UserRecord) -> Any:
+        """PurgeRecycle: the item ``key``, or the whole bin when ``key`` is empty."""
+        node = self._space_ref(req.ref, user)
+        count = await self.core.storage.purge_recycle(user, node, req.key)
+        self.core.log.info("op=PurgeRecycle user=%s key=%s items=%d", user.username,
+                           req.key or "*", count)
+        return sp.PurgeRecycleResponse()
+
+    def _space_ref(self, ref: res.Reference, user: UserRecord) -> Node:
+        """The node a recycle call's reference names; the caller's home when it is empty."""
+        ns = self.core.ns
+        if ref.path or ref.HasField("resource_id"):
+            return ns.resolve(ref)
+        return ns.resolve_path(f"/home/{user.username}")
+
     # ---- locks ----------------------------------------------------------------------------
 
     @rpc(sp.SetLockResponse)
     async def SetLock(self, req: sp.SetLockRequest, user: UserRecord) -> Any:
-        """SetLock (profile rules in :mod:`~mesh_collab.cs3.gateway.locks`)."""
+        """SetLock (profile rules in :mod:`~mesh_collab.cs3.gateway.locks`); the expiry is
+        capped at ``MAX_LOCK_EXPIRY``."""
         node = self._lock_node(req)
         self.core.storage.set_lock(user, node, req.lock)
         self.core.log.info("op=SetLock user=%s ref=%s app=%s", user.username, node.path,
@@ -347,20 +419,21 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
 
     @rpc(sp.GetLockResponse)
     async def GetLock(self, req: sp.GetLockRequest, user: UserRecord) -> Any:
-        """GetLock: NOT_FOUND when not locked or expired."""
+        """GetLock: NOT_FOUND when not locked or expired; without write permission, the
+        lock's id reads ``HIDDEN_LOCK_ID``."""
         lock = self.core.storage.get_lock(user, self._lock_node(req))
         return sp.GetLockResponse(lock=lock.to_proto())
 
     @rpc(sp.RefreshLockResponse)
     async def RefreshLock(self, req: sp.RefreshLockRequest, user: UserRecord) -> Any:
-        """RefreshLock."""
+        """RefreshLock: by the lock's user only."""
         node = self._lock_node(req)
         self.core.storage.refresh_lock(user, node, req.lock, req.existing_lock_id)
         return sp.RefreshLockResponse()
 
     @rpc(sp.UnlockResponse)
     async def Unlock(self, req: sp.UnlockRequest, user: UserRecord) -> Any:
-        """Unlock."""
+        """Unlock: by the lock's user, or the file's owner (breaking it)."""
         node = self._lock_node(req)
         self.core.storage.unlock(user, node, req.lock)
         self.core.log.info("op=Unlock user=%s ref=%s", user.username, node.path)
@@ -370,15 +443,44 @@ class GatewayServicer(OcmRpcs, gw_grpc.GatewayAPIServicer):
         return self.core.ns.resolve(req.ref)
 
 
+def _recycle_item(entry: RecycleEntry) -> res.RecycleItem:
+    """The CS3 ``RecycleItem`` of a bin entry; ``ref`` is the original absolute path (as
+    Reva master's EOS driver gives it)."""
+    seconds = int(entry.deleted)
+    return res.RecycleItem(
+        type=res.RESOURCE_TYPE_CONTAINER if entry.is_dir else res.RESOURCE_TYPE_FILE,
+        key=entry.key,
+        ref=res.Reference(path=entry.path),
+        size=entry.size,
+        deletion_time=types_pb2.Timestamp(
+            seconds=seconds, nanos=int((entry.deleted - seconds) * 1e9) % 10**9
+        ),
+    )
+
+
 def _page(items: list[Any], page_size: int, page_token: str) -> tuple[list[Any], str]:
     """Offset paging: ``page_token`` is the offset of the page, as a decimal string."""
-    if page_token and not page_token.isdigit():
-        raise GatewayError(INVALID_ARGUMENT, "bad page token")
-    start = int(page_token or 0)
+    start = _offset(page_token)
     if page_size <= 0:
         return items[start:], ""
+    return items[start:start + page_size], _next_token(start, page_size, len(items))
+
+
+def _offset(page_token: str) -> int:
+    """The offset a page token names (``""``: 0).
+
+    Raises:
+        GatewayError: INVALID_ARGUMENT for anything but a decimal number.
+    """
+    if page_token and not page_token.isdigit():
+        raise GatewayError(INVALID_ARGUMENT, "bad page token")
+    return int(page_token or 0)
+
+
+def _next_token(start: int, page_size: int, total: int) -> str:
+    """The token of the page after ``[start, start + page_size)`` of ``total`` items."""
     end = start + page_size
-    return items[start:end], (str(end) if end < len(items) else "")
+    return str(end) if page_size > 0 and end < total else ""
 
 
 def _install_unimplemented() -> None:

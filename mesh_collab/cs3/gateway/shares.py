@@ -87,24 +87,31 @@ class ShareStore:
         self._db.execute("DELETE FROM shares WHERE id = ?", (share_id,))
 
     def drop_for_nodes(self, node_ids: list[str]) -> None:
-        """Remove the shares of deleted resources."""
+        """Remove the shares of purged resources (a resource in the recycle bin keeps them:
+        they give no access while it is there, and work again once it is restored)."""
         for node_id in node_ids:
             self._db.execute("DELETE FROM shares WHERE node_id = ?", (node_id,))
             self._db.execute("DELETE FROM ocm_sent WHERE node_id = ?", (node_id,))
 
     def grants(self, user: str, node_ids: list[str]) -> list[res.ResourcePermissions]:
         """Return the permissions that shares of any of ``node_ids`` grant to ``user``."""
+        return [perms for _, perms in self.grants_by_node(user, node_ids)]
+
+    def grants_by_node(
+        self, user: str, node_ids: list[str]
+    ) -> list[tuple[str, res.ResourcePermissions]]:
+        """Return ``(node id, permissions)`` of the live shares of ``node_ids`` to ``user``."""
         if not node_ids:
             return []
         marks = ",".join("?" * len(node_ids))
         now = time.time()
         rows = self._db.all(
-            f"SELECT permissions, expiration FROM shares WHERE grantee = ? "
+            f"SELECT node_id, permissions, expiration FROM shares WHERE grantee = ? "
             f"AND node_id IN ({marks})",
             [user, *node_ids],
         )
         return [
-            permissions_of(row)
+            (str(row["node_id"]), permissions_of(row))
             for row in rows
             if row["expiration"] is None or row["expiration"] > now
         ]

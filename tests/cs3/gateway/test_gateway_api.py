@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import anyio
 import grpc
 import jwt
 import pytest
@@ -238,3 +239,55 @@ async def test_shares(einstein: Session, marie: Session) -> None:
     rm = await einstein.call("RemoveShare", collab_api.RemoveShareRequest(ref=share_ref))
     assert rm.status.code == OK
     assert (await marie.get(res.Reference(resource_id=info.id)))[0] == -c.CODE_PERMISSION_DENIED
+
+
+async def test_quota_counts_a_home_once_for_many_calls(
+    gateway: EmbeddedGateway, einstein: Session
+) -> None:
+    assert (await einstein.put("/home/einstein/a.txt", b"12345"))[2] == 200
+    first = await einstein.call("GetQuota", gw.GetQuotaRequest())
+    assert first.status.code == OK and first.used_bytes == 5
+    # A file put into the home by hand: the calls that follow are answered from the last
+    # count of the home (at most QUOTA_MAX_AGE seconds old), not by walking it again.
+    (gateway.root / "files/home/einstein/by-hand.bin").write_bytes(b"x" * 1000)
+    answers: list[int] = []
+
+    async def ask() -> None:
+        answers.append((await einstein.call("GetQuota", gw.GetQuotaRequest())).used_bytes)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(ask)
+    assert answers == [5] * 20
+
+
+async def test_a_large_listing_lets_other_requests_through(
+    gateway: EmbeddedGateway, einstein: Session
+) -> None:
+    folder = gateway.root / "files/home/einstein/big"
+    folder.mkdir()
+    names = [f"n{i:05d}.txt" for i in range(5000)]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    request = sp.ListContainerRequest(ref=ref("/home/einstein/big"))
+    # The listing is sent first; GetHome, sent after it, is answered while the 5,000
+    # entries are still being read and described (the folder is read on a worker thread,
+    # entries described in batches with turns of the event loop in between).
+    listing = einstein.stub.ListContainer(request, metadata=einstein.md, timeout=60)
+    home = await einstein.call("GetHome", sp.GetHomeRequest())
+    assert home.path == "/home/einstein"
+    assert not listing.done()
+    everything = await listing
+    assert everything.status.code == OK
+    assert [i.name for i in everything.infos] == names
+    # Paged, only the page's entries are described; the pages add up to the whole.
+    paged, token = [], ""
+    while True:
+        page = await einstein.call("ListContainer", sp.ListContainerRequest(
+            ref=ref("/home/einstein/big"), page_size=2000, page_token=token))
+        assert page.status.code == OK
+        paged.extend(page.infos)
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == list(everything.infos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
@@ -13,6 +14,8 @@ from cs3.storage.provider.v1beta1 import resources_pb2 as res
 from gateway_helpers import OK, Session, connect, lock, share
 
 from mesh_collab.cs3.gateway import EmbeddedGateway
+from mesh_collab.cs3.gateway.locks import MAX_LOCK_EXPIRY
+from mesh_collab.cs3.gateway.storage import HIDDEN_LOCK_ID
 
 F = "/home/einstein/f.txt"
 REF = res.Reference(path=F)
@@ -131,15 +134,48 @@ async def test_shared_lock(s: Session, profile: str) -> None:
         assert await unlock(s, lock("S", app="other")) == OK
 
 
-async def test_user_less_app_lock_shared_by_app_users(
+async def test_an_app_lock_belongs_to_its_user(
+    profiled_gateway: EmbeddedGateway, s: Session, profile: str
+) -> None:
+    # Reva lets any user of the same app refresh or release a user-less app lock; here the
+    # lock is its setter's, and a lock id (which every writer can read) proves nothing.
+    await share(s, F, "marie", editor=True)
+    await share(s, F, "richard", editor=True)
+    refused = by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_PERMISSION_DENIED)[profile]
+    async with connect(profiled_gateway, "marie") as marie, \
+            connect(profiled_gateway, "richard") as richard:
+        # Nobody takes a lock in another user's name.
+        assert await set_lock(marie, lock("R", app="app1", user=richard.user.id)) == (
+            c.CODE_PERMISSION_DENIED
+        )
+        assert await set_lock(marie, lock("M", app="app1", user=marie.user.id)) == OK
+        assert (await get_lock(richard)).lock.lock_id == "M"  # an editor sees the id
+        assert await refresh(richard, lock("M", app="app1")) == refused
+        assert await refresh(richard, lock("R", app="app1"), existing="M") == refused
+        assert await unlock(richard, lock("M", app="app1")) == refused
+        assert (await get_lock(s)).lock.lock_id == "M"
+        assert await refresh(marie, lock("M", app="app1"), existing="M") == OK
+        assert await unlock(marie, lock("M", app="app1")) == OK
+        assert (await get_lock(s)).status.code == c.CODE_NOT_FOUND
+
+
+async def test_the_owner_breaks_a_grantees_lock(
     profiled_gateway: EmbeddedGateway, s: Session, profile: str
 ) -> None:
     await share(s, F, "marie", editor=True)
     async with connect(profiled_gateway, "marie") as marie:
-        assert await set_lock(s, lock("A", app="app1")) == OK
-        # Both profiles: for app locks the app decides, not the user.
-        assert await refresh(marie, lock("A", app="app1")) == OK
-        assert await unlock(marie, lock("A", app="app1")) == OK
+        assert await set_lock(marie, lock("M", app="office")) == OK
+        # Breaking is not taking over: the owner may not refresh the grantee's lock...
+        refused = by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_PERMISSION_DENIED)[profile]
+        assert await refresh(s, lock("M", app="office"), existing="M") == refused
+        # ... and names the lock they break by its id, whatever their app.
+        wrong_id = by_profile(c.CODE_FAILED_PRECONDITION, c.CODE_LOCKED)[profile]
+        assert await unlock(s, lock("X", app="mesh_collab")) == wrong_id
+        assert await unlock(s, lock("M", app="mesh_collab")) == OK
+        assert (await get_lock(marie)).status.code == c.CODE_NOT_FOUND
+        assert await set_lock(s, lock("E", app="mesh_collab")) == OK
+        # The owner's own lock is theirs: the grantee cannot break it.
+        assert await unlock(marie, lock("E", app="mesh_collab")) == refused
 
 
 async def test_expiry(s: Session, profile: str) -> None:
@@ -297,3 +333,78 @@ async def test_concurrent_setlock_exactly_one_wins(s: Session) -> None:
             tg.start_soon(attempt, i)
     assert results.count(OK) == 1
     assert results.count(c.CODE_FAILED_PRECONDITION) == 24
+
+
+def expiry_of(got: sp.GetLockResponse) -> float:
+    return got.lock.expiration.seconds + got.lock.expiration.nanos / 1e9
+
+
+async def test_lock_expiry_is_capped(s: Session, profile: str) -> None:
+    # A lock without expiration (EOS: never) or a later one lives MAX_LOCK_EXPIRY at most.
+    before = time.time()
+    assert await set_lock(s, lock("A", app="app1", ttl=None)) == OK
+    capped = expiry_of(await get_lock(s))
+    assert before + MAX_LOCK_EXPIRY <= capped <= time.time() + MAX_LOCK_EXPIRY
+    assert await refresh(s, lock("A", app="app1", ttl=30 * 86400)) == OK
+    assert expiry_of(await get_lock(s)) <= time.time() + MAX_LOCK_EXPIRY
+    assert await refresh(s, lock("A", app="app1", ttl=None)) == OK
+    assert expiry_of(await get_lock(s)) <= time.time() + MAX_LOCK_EXPIRY
+    # A shorter expiry, such as mesh_collab's 60 s, is kept as asked.
+    short = lock("A", app="app1", ttl=60)
+    assert await refresh(s, short) == OK
+    assert expiry_of(await get_lock(s)) == pytest.approx(
+        short.expiration.seconds + short.expiration.nanos / 1e9, abs=1e-3)
+
+
+async def test_viewers_see_who_holds_a_lock_but_not_its_id(
+    profiled_gateway: EmbeddedGateway, profile: str
+) -> None:
+    async with connect(profiled_gateway, "einstein") as owner, \
+            connect(profiled_gateway, "marie") as viewer, \
+            connect(profiled_gateway, "richard") as editor:
+        folder = "/home/einstein/d"
+        made = await owner.call("CreateContainer", sp.CreateContainerRequest(
+            ref=res.Reference(path=folder)))
+        assert made.status.code == OK
+        path = f"{folder}/nb.ipynb"
+        assert (await owner.put(path, b"{}"))[2] == 200
+        await share(owner, folder, "marie", editor=False)
+        await share(owner, folder, "richard", editor=True)
+        secret = "opaquelocktoken:0123 c2Vzc2lvbg=="
+        ref = res.Reference(path=path)
+        assert await set_lock(owner, lock(secret, app="Collabora"), ref) == OK
+
+        seen = await viewer.stat(path)
+        listed = await viewer.call("ListContainer", sp.ListContainerRequest(
+            ref=res.Reference(path=folder)))
+        got = await get_lock(viewer, ref)
+        assert got.status.code == OK
+        for shown in (seen.info.lock, listed.infos[0].lock, got.lock):
+            assert shown.app_name == "Collabora"
+            assert shown.lock_id == HIDDEN_LOCK_ID
+            assert shown.expiration.seconds > time.time()
+        assert secret.encode() not in seen.SerializeToString()
+        assert secret.encode() not in listed.SerializeToString()
+        if profile == "edge":
+            assert b"Collabora" in seen.info.opaque.map["lock"].value
+        # Whoever may write sees the id (it is what a write through the lock presents).
+        for session in (owner, editor):
+            assert (await session.stat(path)).info.lock.lock_id == secret
+            assert (await get_lock(session, ref)).lock.lock_id == secret
+
+
+async def test_eos_app_tag_alone_writes_for_the_lock_user_only(
+    einstein: Session, marie: Session
+) -> None:
+    # Default profile eos. The app tag (X-Lock-Holder) is the lock user's; another writer
+    # presents the lock's id as well.
+    assert (await einstein.put(F, b"v1"))[2] == 200
+    await share(einstein, F, "marie", editor=True)
+    assert await set_lock(einstein, lock("A", app="app1")) == OK
+    holder = {"X-Lock-Holder": "app1"}
+    assert (await marie.put(F, b"marie", headers=holder))[2] == 409
+    assert (await marie.put(F, b"marie", headers={**holder, "X-Lock-Id": "B"}))[2] == 409
+    assert (await marie.put(F, b"marie", headers={**holder, "X-Lock-Id": "A"}))[2] == 200
+    assert (await marie.put(F, b"again", lock_id="A", headers=holder))[2] == 200
+    assert (await einstein.put(F, b"einstein", headers=holder))[2] == 200
+    assert await einstein.get(F) == (200, b"einstein")

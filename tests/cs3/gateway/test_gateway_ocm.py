@@ -129,7 +129,10 @@ async def test_writable_share_and_locks(
             assert resp.status.code == OK
             async with http.put(uri, data=b"v3") as r:
                 assert r.status == 409  # eos: the holder is not the lock's app
-            async with http.put(uri, data=b"v3", headers={"X-Lock-Holder": "mesh_collab"}) as r:
+            holder = {"X-Lock-Holder": "mesh_collab"}
+            async with http.put(uri, data=b"v3", headers=holder) as r:
+                assert r.status == 409  # the app tag alone is the lock's user's
+            async with http.put(uri, data=b"v3", headers={**holder, "X-Lock-Id": "L"}) as r:
                 assert r.status == 204
         assert await einstein.get(NB) == (200, b"v3")
 

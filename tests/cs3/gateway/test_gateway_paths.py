@@ -6,15 +6,18 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
+from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
 from cs3.rpc.v1beta1 import code_pb2 as c
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as res
 from gateway_helpers import OK, Session, share
 
 from mesh_collab.cs3.gateway import EmbeddedGateway
+from mesh_collab.cs3.gateway.namespace import Namespace, Node
 
 
 @pytest.fixture
@@ -182,3 +185,67 @@ async def test_shared_folder_scope(einstein: Session, marie: Session) -> None:
     assert (await marie.get(rel)) == (200, b"a")
     code, _, _ = await marie.put("/home/einstein/proj/new.txt", b"x")
     assert code == c.CODE_PERMISSION_DENIED  # viewer
+
+
+def swap_after(monkeypatch: pytest.MonkeyPatch, method: str, rel: str, swap: Any) -> None:
+    """Run ``swap()`` once, right after ``Namespace.<method>`` resolved ``rel``: a symlink
+    put in place after the symlink check passed, before the gateway acts on the path."""
+    original = getattr(Namespace, method)
+    pending = [swap]
+
+    def resolved_then_swapped(self: Namespace, *args: Any) -> Node:
+        node: Node = original(self, *args)
+        if node.rel == rel and pending:
+            pending.pop()()
+        return node
+
+    monkeypatch.setattr(Namespace, method, resolved_then_swapped)
+
+
+async def test_a_file_swapped_for_a_symlink_after_the_check_is_not_statted(
+    gateway: EmbeddedGateway, einstein: Session, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = gateway.root / "files/home/einstein"
+    assert (await einstein.put("/home/einstein/notes.txt", b"mine"))[2] == 200
+
+    def swap() -> None:
+        (home / "notes.txt").unlink()
+        os.symlink(outside / "secret.txt", home / "notes.txt")
+
+    swap_after(monkeypatch, "resolve", "home/einstein/notes.txt", swap)
+    stat = await einstein.stat("/home/einstein/notes.txt")
+    assert stat.status.code == c.CODE_PERMISSION_DENIED
+    assert (home / "notes.txt").is_symlink()  # the swap did happen
+
+
+async def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_listed(
+    gateway: EmbeddedGateway, einstein: Session, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = gateway.root / "files/home/einstein"
+    (home / "dir").mkdir()
+
+    def swap() -> None:
+        (home / "dir").rmdir()
+        os.symlink(outside, home / "dir")
+
+    swap_after(monkeypatch, "resolve", "home/einstein/dir", swap)
+    listing = await einstein.call(
+        "ListContainer", sp.ListContainerRequest(ref=res.Reference(path="/home/einstein/dir")))
+    assert listing.status.code == c.CODE_PERMISSION_DENIED
+    assert not listing.infos
+
+
+async def test_a_home_swapped_for_a_symlink_after_the_check_is_not_counted(
+    gateway: EmbeddedGateway, einstein: Session, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = gateway.root / "files/home/einstein"
+
+    def swap() -> None:
+        home.rename(home.with_name("einstein.real"))
+        os.symlink(outside, home)
+
+    # GetQuota resolves the home, then counts the folder the check let through.
+    swap_after(monkeypatch, "node", "home/einstein", swap)
+    quota = await einstein.call("GetQuota", gw.GetQuotaRequest())
+    assert quota.status.code == c.CODE_PERMISSION_DENIED
+    assert quota.used_bytes == 0
