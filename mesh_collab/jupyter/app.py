@@ -314,9 +314,18 @@ class MeshCollabApp(ExtensionApp):
     lock_expiry = Float(
         60.0,
         help="""Expiry of the CS3 lock the primary holds on a live notebook, in seconds
-        (default 60). The lock is refreshed every lock_expiry/3 s; when its node dies, another
-        node takes over after at most this long.""",
+        (default 60, at most 1800). The lock is refreshed every lock_expiry/3 s; when its
+        node dies, another node takes over after at most this long. Storage may cap a
+        lock's life (the embedded gateway and Reva's app locks: 30 minutes), so a longer
+        one would lapse between two refreshes.""",
     ).tag(config=True)
+
+    @validate("lock_expiry")
+    def _validate_lock_expiry(self, proposal: dict[str, Any]) -> float:
+        value = float(proposal["value"])
+        if not 0 < value <= 1800:
+            raise TraitError(f"lock_expiry must be in (0, 1800] seconds: {value!r}")
+        return value
 
     log_sync_interval = Float(
         0.01,
@@ -499,7 +508,6 @@ class MeshCollabApp(ExtensionApp):
         "checkpoint_quiet_period",
         "checkpoint_max_interval",
         "file_poll_interval",
-        "lock_expiry",
         "stop_timeout",
         "rights_check_interval",
     )

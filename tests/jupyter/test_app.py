@@ -101,6 +101,7 @@ def test_traits_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("site", ""),
         ("rpc_timeout", 0),
         ("lock_expiry", -1),
+        ("lock_expiry", 3600),  # past the storage's cap on a lock's life
         ("file_poll_interval", 0),
         ("log_sync_interval", -0.1),
         ("max_notebook_size", 0),
