@@ -2,10 +2,12 @@
 
 Subcommands live in :data:`SUBCOMMANDS` (name → (configure parser, run)); today:
 
-``mesh-collab gateway (--users FILE | --demo-users)``
-    Run the embedded CS3 gateway. Without either option it refuses to start (exit code 2):
-    the demo users' passwords are public. Prints one JSON line on stdout once both servers
-    listen::
+``mesh-collab gateway (--users FILE | --demo-users) [--tls-cert PEM --tls-key PEM]
+[--trusted-providers DOMAINS]``
+    Run the embedded CS3 gateway. Without ``--users`` or ``--demo-users`` it refuses to start
+    (exit code 2): the demo users' passwords are public. With ``--tls-cert``/``--tls-key``
+    it serves gRPC over TLS and https (clients use ``grpcs://HOST:PORT``; ``"http"`` below
+    then says ``https://``). Prints one JSON line on stdout once both servers listen::
 
         {"grpc": "127.0.0.1:19000", "http": "http://127.0.0.1:40124", "site": "site-a",
          "domain": "127.0.0.1:40124"}
@@ -62,21 +64,42 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                         help="lock rules of Reva master/EOS or edge (default %(default)s)")
     parser.add_argument("--domain", default=None,
                         help="OCM domain (default: the HTTP host:port)")
+    parser.add_argument("--tls-cert", type=Path, default=None,
+                        help="certificate (PEM, with its chain) that gRPC and HTTP serve "
+                             "(with --tls-key); default: plaintext")
+    parser.add_argument("--tls-key", type=Path, default=None,
+                        help="private key (PEM) of --tls-cert")
+    parser.add_argument("--ca-file", type=Path, default=None,
+                        help="CA bundle (PEM) that other gateways' https is verified with "
+                             "(OCM); default: the system's trust store")
+    parser.add_argument("--trusted-providers", default="", metavar="DOMAINS",
+                        help="comma-separated OCM domains (host:port) this gateway exchanges "
+                             "shares with; default: none")
 
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from mesh_collab.cs3.gateway import EmbeddedGateway
     from mesh_collab.cs3.gateway.users import UsersFileError
+    from mesh_collab.tls import ServerTLS
 
     if args.users is None and not args.demo_users:
         log.error("no users: pass --users FILE (a Reva-style users.json), or --demo-users "
                   "for the demo users, whose passwords are public")
         return 2
-    gateway = EmbeddedGateway(
-        root=args.root, site=args.site, host=args.host, port=args.port,
-        data_port=args.data_port, users=args.users, lock_profile=args.lock_profile,
-        domain=args.domain,
-    )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together")
+        return 2
+    tls = None if args.tls_cert is None else ServerTLS(cert=args.tls_cert, key=args.tls_key)
+    try:
+        gateway = EmbeddedGateway(
+            root=args.root, site=args.site, host=args.host, port=args.port,
+            data_port=args.data_port, users=args.users, lock_profile=args.lock_profile,
+            domain=args.domain, tls=tls, ca_file=args.ca_file,
+            trusted_providers=[d for d in args.trusted_providers.split(",") if d.strip()],
+        )
+    except ValueError as exc:
+        log.error("cannot start gateway: %s", exc)
+        return 2
     # Receive signals before announcing readiness: a supervisor may signal at once.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -99,6 +122,10 @@ def _mount_args(parser: argparse.ArgumentParser) -> None:
                         or "127.0.0.1:19000",
                         help="gRPC address of the CS3 gateway (default $MESH_COLLAB_GATEWAY, "
                              "else %(default)s)")
+    parser.add_argument("--ca-file", type=Path,
+                        default=os.environ.get("MESH_COLLAB_GATEWAY_CA") or None,
+                        help="CA bundle (PEM) of a grpcs:// gateway (default "
+                             "$MESH_COLLAB_GATEWAY_CA, else the system's trust store)")
     parser.add_argument("--user", required=True, help="CS3 user name")
     secret = parser.add_mutually_exclusive_group(required=True)
     secret.add_argument("--password-env", metavar="VAR",
@@ -134,7 +161,7 @@ async def _run_mount(args: argparse.Namespace) -> int:
     # Receive signals before announcing readiness: a supervisor may signal at once.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
-            async with CS3Client(args.gateway) as cs3:
+            async with CS3Client(args.gateway, ca_file=args.ca_file) as cs3:
                 if args.password_env:
                     # The mount holds the password for its life (the process environment):
                     # it logs in again when a login reaches its maximum age.
@@ -187,6 +214,23 @@ def _demo():  # type: ignore[no-untyped-def]
     return demo
 
 
+def _node_key_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="the node's private key file (made, mode 0600, if it "
+                        "does not exist; MeshCollabApp.node_key)")
+
+
+async def _run_node_key(args: argparse.Namespace) -> int:
+    from mesh_collab.federation import keys
+
+    try:
+        key = keys.load_or_create(Path(args.file))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    sys.stdout.write(keys.public_text(key) + "\n")  # for the node's entry in the directory
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class Subcommand:
     """One ``mesh-collab`` subcommand."""
@@ -200,6 +244,8 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "gateway": Subcommand("run the embedded CS3 gateway", _gateway_args, _run_gateway),
     "mount": Subcommand("mount a user's CS3 folder with FUSE", _mount_args, _run_mount),
+    "node-key": Subcommand("print a node's public key (making its key file if needed)",
+                           _node_key_args, _run_node_key),
     "demo": Subcommand(
         "run two sites (gateway + JupyterLab each) sharing a notebook",
         lambda parser: _demo().configure(parser),

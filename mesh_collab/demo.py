@@ -1,7 +1,11 @@
 """``mesh-collab demo``: two ScienceMesh sites on one machine.
 
 Each site is an embedded CS3 gateway plus a JupyterLab node (a ``jupyter lab`` process with
-the mesh_collab extension, in multi-user mode: log in with a CS3 user). Site A holds a sample
+the mesh_collab extension, in multi-user mode: log in with a CS3 user). Between the parts
+everything runs over TLS with certificates of a local CA made at the first start (in
+``<root>/ca``): gRPC to the gateways (``grpcs://``), OCM discovery and shares (https), and
+the node-to-node links (wss, on each node's federation port). The browser-facing JupyterLab
+stays plain http on loopback. Site A holds a sample
 notebook, a Markdown file and a Python script in einstein's home, each shared with marie on
 site A (a local share) and with marie at site B (an OCM share, already accepted), and a small
 data file beside them that the notebook's kernel reads.
@@ -25,6 +29,7 @@ import os
 import posixpath
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +47,9 @@ from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client
 from mesh_collab.cs3.gateway import EmbeddedGateway
 from mesh_collab.cs3.models import Role, UserId
+from mesh_collab.federation import keys
 from mesh_collab.jupyter.fileids import SHARED_FOLDER
+from mesh_collab.tls import LocalCA
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,12 @@ class SiteSpec:
     grpc_port: int = 0
     data_port: int = 0
     lab_port: int = 0
+    #: The node's TLS port for links from other nodes (wss).
+    federation_port: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.name}-node"
 
 
 @dataclass
@@ -73,6 +86,8 @@ class RunningSite:
     url: str
     token: str
     notebook: str = ""
+    #: Where other nodes link to: ``https://127.0.0.1:<federation_port>/``.
+    federation_url: str = ""
 
     def line(self) -> dict[str, str]:
         return {
@@ -86,9 +101,10 @@ class RunningSite:
 
 @asynccontextmanager
 async def jupyter_lab(
-    spec: SiteSpec, gateway: EmbeddedGateway, root: Path, peers_file: Path
+    spec: SiteSpec, gateway: EmbeddedGateway, root: Path, peers_file: Path, ca: LocalCA
 ) -> AsyncIterator[tuple[str, str]]:
     """Run ``jupyter lab`` for one site until the context exits; yield (url, token)."""
+    node_tls = ca.issue(spec.node_id)
     token = secrets.token_hex(16)
     runtime = root / "runtime"
     # 0700 (also when left by an older run): the runtime folder gets the server's token
@@ -113,10 +129,16 @@ async def jupyter_lab(
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         f"--MeshCollabApp.site={spec.name}",
-        f"--MeshCollabApp.gateway={gateway.grpc_address}",
+        f"--MeshCollabApp.gateway={gateway.grpc_url}",
+        f"--MeshCollabApp.gateway_ca={ca.ca_file}",
         "--MeshCollabApp.auth_mode=multi-user",
         f"--MeshCollabApp.cs3_username={spec.user}",
         f"--MeshCollabApp.data_dir={root / 'node'}",
+        f"--MeshCollabApp.node_id={spec.node_id}",
+        f"--MeshCollabApp.federation_port={spec.federation_port}",
+        f"--MeshCollabApp.federation_certfile={node_tls.cert}",
+        f"--MeshCollabApp.federation_keyfile={node_tls.key}",
+        f"--MeshCollabApp.mesh_ca={ca.ca_file}",
         # The mesh directory is written once every node's address is known.
         f"--MeshCollabApp.peers=@{peers_file}",
     ]
@@ -156,11 +178,11 @@ async def _announced_url(runtime: Path, process: Any, log_path: Path) -> str:
             await anyio.sleep(0.2)
 
 
-async def seed(sites: list[RunningSite]) -> None:
+async def seed(sites: list[RunningSite], ca: LocalCA) -> None:
     """Put the sample files into einstein's home at site A and share them."""
     a = sites[0]
     sample = files("mesh_collab").joinpath("data")
-    async with CS3Client(a.gateway.grpc_address) as cs3:
+    async with CS3Client(a.gateway.grpc_url, ca_file=ca.ca_file) as cs3:
         einstein = await cs3.login("einstein", PASSWORDS["einstein"])
         marie = await einstein.users.by_claim("username", "marie")
         for name, shared in ((NOTEBOOK, True), (NOTES, True), (SCRIPT, True), (DATA, False)):
@@ -185,7 +207,7 @@ async def seed(sites: list[RunningSite]) -> None:
                     )
         a.notebook = NOTEBOOK
         for b in sites[1:]:
-            async with CS3Client(b.gateway.grpc_address) as cs3_b:
+            async with CS3Client(b.gateway.grpc_url, ca_file=ca.ca_file) as cs3_b:
                 user_b = await cs3_b.login(b.spec.user, PASSWORDS[b.spec.user])
                 for received in await user_b.ocm.received():
                     await user_b.ocm.accept(received.id)
@@ -196,8 +218,8 @@ async def run(args: argparse.Namespace) -> int:
     """Start the sites, print where they are, and wait for Ctrl-C."""
     base = args.port_base
     specs = [
-        SiteSpec("site-a", "einstein", *((base, base + 1, base + 2) if base else (0, 0, 0))),
-        SiteSpec("site-b", "marie", *((base + 10, base + 11, base + 12) if base else (0, 0, 0))),
+        SiteSpec("site-a", "einstein", *(range(base, base + 4) if base else (0, 0, 0, 0))),
+        SiteSpec("site-b", "marie", *(range(base + 10, base + 14) if base else (0, 0, 0, 0))),
     ]
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="mesh-collab-demo-"))
     # Tokens and the sites' files are below: nobody else may enter (mkdtemp's folder is
@@ -206,6 +228,8 @@ async def run(args: argparse.Namespace) -> int:
     for spec in specs:
         (root / spec.name).mkdir(mode=0o700, exist_ok=True)
         (root / spec.name).chmod(0o700)
+        spec.federation_port = spec.federation_port or _free_port()
+    ca = _local_ca(root / "ca")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with AsyncExitStack() as stack:
             sites = []
@@ -214,16 +238,23 @@ async def run(args: argparse.Namespace) -> int:
                     EmbeddedGateway(
                         root=root / spec.name / "gateway", site=spec.name,
                         port=spec.grpc_port, data_port=spec.data_port,
+                        tls=ca.issue(f"{spec.name}-gateway"), ca_file=ca.ca_file,
                     )
                 )
                 sites.append(RunningSite(spec, gateway, url="", token=""))
-            await seed(sites)
+            for site in sites:
+                # The other site is the one OCM provider each gateway takes shares from.
+                site.gateway.trusted_providers = {
+                    s.gateway.domain for s in sites if s is not site
+                }
+            await seed(sites, ca)
             peers_file = root / "mesh.json"
             for site in sites:
                 site.url, site.token = await stack.enter_async_context(
-                    jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file)
+                    jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file, ca)
                 )
-            write_directory(peers_file, sites)
+                site.federation_url = f"https://127.0.0.1:{site.spec.federation_port}/"
+            write_directory(peers_file, sites, root)
             _announce(sites, root)
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
@@ -231,19 +262,38 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_directory(path: Path, sites: list[RunningSite]) -> None:
-    """The mesh directory every node reads: each site's node, OCM domain and secret."""
+def write_directory(path: Path, sites: list[RunningSite], root: Path) -> None:
+    """The mesh directory every node reads: each site's OCM domain and its node (id, URL and
+    public key; the private key stays in the node's data folder)."""
     entries = [
         {
             "site": s.spec.name,
-            "url": s.url,
             "domain": s.gateway.domain,
-            "secret": secrets.token_hex(16),
+            "nodes": [{
+                "id": s.spec.node_id,
+                "url": s.federation_url,
+                "key": keys.public_text(
+                    keys.load_or_create(root / s.spec.name / "node" / "node-key.pem")),
+            }],
         }
         for s in sites
     ]
     with open(path, "w", opener=_private) as out:
         out.write(json.dumps(entries, indent=1))
+
+
+def _local_ca(folder: Path) -> LocalCA:
+    """The demo's CA: the one a previous run left in ``folder``, else a new one."""
+    if (folder / "ca.pem").exists():
+        return LocalCA.load(folder)
+    return LocalCA.create(folder)
+
+
+def _free_port() -> int:
+    """A TCP port free on loopback now (the node binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _private(path: str, flags: int) -> int:
@@ -271,7 +321,7 @@ def _announce(sites: list[RunningSite], root: Path) -> None:
 def configure(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's arguments."""
     parser.add_argument("--port-base", type=int, default=0,
-                        help="fixed ports: site A uses N..N+2, site B N+10..N+12 "
+                        help="fixed ports: site A uses N..N+3, site B N+10..N+13 "
                         "(default: free ports)")
     parser.add_argument("--root", default=None,
                         help="folder for the sites' storage and logs (default: a new temporary "

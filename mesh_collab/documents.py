@@ -30,6 +30,7 @@ The room's state travels to clients as the node's awareness state ``mesh`` (see
 from __future__ import annotations
 
 import logging
+import ssl as ssl_module
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jupyter_ydoc import YNotebook
 from pycrdt import Doc, Map
 
@@ -48,7 +50,8 @@ from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.locks import LockLease
 from mesh_collab.cs3.models import Lock
 from mesh_collab.cs3.store import CS3DocumentStore, StoredDocument, sha256
-from mesh_collab.federation.directory import MeshDirectory, Site
+from mesh_collab.federation.directory import MeshDirectory, Node, Site
+from mesh_collab.federation.handshake import LocalNode
 from mesh_collab.federation.link import PeerLink
 from mesh_collab.kinds import NOTEBOOK, DocumentKind, merged_change
 from mesh_collab.origins import Origin, StorageOrigin
@@ -75,11 +78,14 @@ LAST_LOCK_WAIT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Federation:
-    """How this node reaches other nodes: the mesh directory and our own site's entry."""
+    """How this node reaches other nodes: the mesh directory, and who this node is."""
 
     site: str
-    node_url: str
+    node_id: str
     directory_source: Callable[[], MeshDirectory]
+    key_source: Callable[[], Ed25519PrivateKey]
+    #: How https nodes are verified (None: the system's trust store).
+    ssl: ssl_module.SSLContext | None = None
 
     @property
     def directory(self) -> MeshDirectory:
@@ -87,19 +93,26 @@ class Federation:
         return self.directory_source()
 
     @property
-    def local(self) -> Site:
-        """Our own site's entry (its secret is what we present to other nodes)."""
-        return self.directory.site(self.site) or Site(self.site, self.node_url)
+    def local(self) -> LocalNode:
+        """This node, as it signs its handshakes."""
+        return LocalNode(self.site, self.node_id, self.key_source)
 
-    def node_of(self, lock_id: str) -> str:
-        """The URL of the mesh_collab node a lock id names ("" if it names none).
+    def node_of(self, lock_id: str) -> Node | None:
+        """The other node of our own site that a mesh_collab lock id names, as the
+        directory lists it (None if it names none: the lock id only says which node; where
+        that node is comes from the directory, never from the storage).
 
-        Lock ids read ``mesh_collab:<site>:<node id>:<epoch>:<node url>``.
+        Lock ids read ``mesh_collab:<site>:<node id>:<epoch>``.
         """
-        parts = lock_id.split(":", 4)
-        if len(parts) < 5 or parts[0] != APP_NAME or not parts[1]:
-            return ""
-        return parts[4] if parts[4].startswith("http") else ""
+        parts = lock_id.split(":")
+        if len(parts) != 4 or parts[0] != APP_NAME or parts[1] != self.site:
+            return None
+        if parts[2] == self.node_id:
+            return None
+        try:
+            return self.directory.node(self.site, parts[2])
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +166,15 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         self.store = CS3DocumentStore(
             resource_id, parse=kind.parse, max_size=settings.max_notebook_size
         )
-        # The node id tells this node's runs apart from every other node's; the URL says
-        # where the other nodes of the site link to this primary.
-        self.lock_id = (
-            f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}:"
-            f"{federation.node_url if federation else ''}"
-        )
+        # The node id tells this node's runs apart from every other node's, and is how the
+        # other nodes of the site find this primary in the mesh directory.
+        self.lock_id = f"{APP_NAME}:{settings.site}:{settings.node_id}:{epoch or int(time.time())}"
         self.lineage = ""
         self.room: Room = None  # type: ignore[assignment]  # set on entry
         self._sessions: dict[str, Session] = {}
+        #: Users' CS3 tokens, to introduce them to the primary of the site (never sent to
+        #: another site).
+        self._tokens: dict[str, str] = {}
         self._opener = session
         self._writer: Session | None = None
         self._lease: LockLease | None = None
@@ -219,6 +232,19 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
         self._writer = session
         if self._lock_state in ("none", "lost"):
             self._lease_wanted.set()
+
+    async def remember_user(self, username: str, session: Session) -> None:
+        """Keep a user's current CS3 token, to introduce them to the primary of the site
+        (which checks with it what they may do; federation/protocol.py)."""
+        if len(self._tokens) < 4096 or username in self._tokens:
+            try:
+                self._tokens[username] = await session.tokens.token()
+            except errors.StorageError:
+                pass  # no token, no introduction: the primary refuses their edits
+
+    def _introduction(self, username: str) -> dict[str, str]:
+        token = self._tokens.get(username)
+        return {"token": token} if token else {}
 
     async def edit(self, fn: Any, origin: Origin) -> Any:
         """Edit the live notebook in the room (see :meth:`Room.edit`)."""
@@ -325,7 +351,11 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
             self._lock_state = "remote"
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                link = self._ensure_link(self.home.url, self.home)
+                entry = self.home.entry
+                if entry is None:
+                    raise errors.Unimplemented("the mesh directory lists no node of the "
+                                               "notebook's home site")
+                link = self._ensure_link(self.home, entry)
                 with anyio.move_on_after(self.settings.link_timeout):
                     await link.synced.wait()
                 if not link.synced.is_set() and logged is None:
@@ -350,19 +380,17 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                 "the notebook's home site is unreachable", op="link", ref=self.name
             )
 
-    def _ensure_link(self, url: str, site: Site) -> PeerLink:
-        """Keep a link to ``url`` running (replacing a link to another node)."""
+    def _ensure_link(self, site: Site, node: Node) -> PeerLink:
+        """Keep a link to ``node`` of ``site`` running (replacing a link to another node)."""
         assert self.federation is not None and self._tg is not None
-        if self._link is not None and self._link.url.startswith(
-            url.replace("http", "ws", 1).rstrip("/")
-        ):
+        if self._link is not None and self._link.node == node and self._link.remote == site:
             return self._link
         self._stop_link()
         link = PeerLink(
-            self.room, self.resource_id, remote=site, local=self.federation.local,
-            remote_url=url, node_url=self.federation.node_url,
+            self.room, self.resource_id, remote=site, node=node, local=self.federation.local,
+            introduce=self._introduction if site.name == self.settings.site else None,
             on_state=self._on_link_state, kind=self.kind.name, log=self.log,
-            lineage=lambda: self.lineage,
+            lineage=lambda: self.lineage, ssl=self.federation.ssl,
         )
         scope = anyio.CancelScope()
 
@@ -623,14 +651,18 @@ class DocumentRoom(anyio.AsyncContextManagerMixin):
                         continue
                 node = self.federation.node_of(lock.lock_id) if (
                     self.federation and lock is not None and lock.app_name == APP_NAME
-                ) else ""
-                if node and node.rstrip("/") != self.federation.node_url.rstrip("/"):
+                ) else None
+                site = self.federation.directory.site(self.settings.site) if (
+                    node is not None and self.federation is not None
+                ) else None
+                if node is not None and site is not None:
                     # Another mesh_collab node of this site is the primary: link to it, and
                     # take over if its lock expires (it is gone).
-                    self._ensure_link(node, self.federation.local)
-                    if self._lock_state != "linked" or self._holder != node:
-                        self.log.info("linking to the primary room=%s node=%s", self.name, node)
-                        self._set_lock_state("linked", node)
+                    self._ensure_link(site, node)
+                    if self._lock_state != "linked" or self._holder != node.url:
+                        self.log.info("linking to the primary room=%s node=%s", self.name,
+                                      node.id)
+                        self._set_lock_state("linked", node.url)
                 else:
                     holder = _holder_name(lock)
                     if self._lock_state != "other" or holder != self._holder:

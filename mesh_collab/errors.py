@@ -17,7 +17,7 @@ Every error that mesh_collab raises on purpose is a :class:`MeshCollabError`::
     │   └── StorageInternal           INTERNAL, UNKNOWN and every other code, HTTP 5xx
     ├── FederationError               a link between two nodes failed
     │   ├── PeerUnreachable
-    │   ├── PeerRejected
+    │   ├── PeerRejected              a handshake is refused (carries the close code)
     │   └── ProtocolVersionMismatch
     ├── ProtocolError                 a client or peer sent an undecodable message
     ├── LocalStoreError               the node's local update log failed (disk full, I/O)
@@ -154,7 +154,13 @@ class PeerUnreachable(FederationError):
 
 
 class PeerRejected(FederationError):
-    """Raised when a peer node refuses our link (credentials, rights)."""
+    """Raised when a link is refused (credentials, rights): ``code`` is the close code the
+    refused side is told (:mod:`mesh_collab.close_codes`), ``reason`` why."""
+
+    def __init__(self, reason: str, code: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
 
 
 class ProtocolVersionMismatch(FederationError):

@@ -51,7 +51,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -123,21 +123,50 @@ class Identity:
         }
 
 
-@dataclass(frozen=True, slots=True)
+#: Decides what a user a linking node introduces may do in the room: "editor", "viewer",
+#: or None (nothing: their updates and presence are dropped).
+Admit = Callable[[str, Mapping[str, Any]], Awaitable[str | None]]
+#: Users one link may introduce (each costs the serving node a check).
+MAX_PEER_USERS = 256
+
+
+@dataclass(eq=False)
 class Peer:
     """What makes a connection a link to another node rather than a browser.
 
+    The side that serves a link (the document's home, or the primary of the site) gets an
+    ``admit``: the link acts only for the users it introduced and ``admit`` allowed
+    (federation/protocol.py). The linking side (a replica) takes the home's document as it
+    comes (no ``admit``), and introduces its own users with what ``introduce`` gives.
+
     Attributes:
         site: the other node's site; every presence it relays is stamped with it.
-        can_write: whether an update made by this user of the other site may be applied
-            (the node checks the notebook is shared with them as editor).
-        may_sync: whether the other node's bulk resync (sync step 2, not attributed to one
-            user) may be applied: true when some user of that site may edit.
+        admit: checks a user the other node introduces (None: a trusted home).
+        introduce: the fields we send when introducing a user of ours to the other node
+            (None: we introduce nobody).
+        roles: the introduced users and what ``admit`` said ("editor", "viewer", "").
     """
 
     site: str
-    can_write: Callable[[str], bool] = lambda user: True
-    may_sync: bool = True
+    admit: Admit | None = None
+    introduce: Callable[[str], Mapping[str, str]] | None = None
+    roles: dict[str, str] = field(default_factory=dict)
+    #: Our users introduced to the other node so far.
+    introduced: set[str] = field(default_factory=set)
+
+    def can_write(self, user: str) -> bool:
+        """Whether an update this user made on the other node may be applied here."""
+        return self.admit is None or self.roles.get(user) == "editor"
+
+    def may_see(self, user: str) -> bool:
+        """Whether this user's presence, relayed by the other node, is shown here."""
+        return self.admit is None or self.roles.get(user) in ("editor", "viewer")
+
+    @property
+    def may_sync(self) -> bool:
+        """Whether a resync (sync step 2, not one user's) may be applied: some user the
+        link acts for may edit."""
+        return self.admit is None or "editor" in self.roles.values()
 
 
 @dataclass(eq=False)
@@ -378,6 +407,8 @@ class Room(anyio.AsyncContextManagerMixin):
         self._held: list[_Out] = []
         self._retry_scheduled = False
         self._tainted = False
+        #: Users of this node who edited the document since the room opened.
+        self._authors: set[str] = set()
         self._listeners: list[Callable[[list[tuple[bytes, Origin | None]]], None]] = []
         self.closing = False
         #: Set when the room loop stopped: a waiter whose item it never took is told.
@@ -670,6 +701,16 @@ class Room(anyio.AsyncContextManagerMixin):
             self.log.info("closing client room=%s reason=%s", self.name, exc)
             conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
             return None
+        if conn.peer is not None and conn.peer.admit is not None and (
+            frame.kind is protocol.Kind.CONTROL
+        ):
+            try:
+                message = protocol.decode_control(frame.payload)
+            except ProtocolError as exc:
+                conn.kill(CloseCode.RESET_CONNECTION, str(exc)[:120])
+                return None
+            if message["type"] == "user":
+                return self._admit(conn, message)
         item = _Msg(conn, frame)
         now = time.monotonic()
         alone, self._last_message = now - self._last_message > _BURST, now
@@ -910,6 +951,7 @@ class Room(anyio.AsyncContextManagerMixin):
                 if peers and out.author and out.author != conn.announced:
                     # Tell the other node whose edit follows: it checks that user's rights.
                     conn.announced = out.author
+                    self._introduce(conn, out.author, at_once=True)
                     self._deliver(conn, protocol.control({"type": "author", "user": out.author}))
                 self._deliver(conn, out.message)
 
@@ -956,6 +998,8 @@ class Room(anyio.AsyncContextManagerMixin):
         if isinstance(origin, ClientOrigin):
             exclude = self._connections.get(origin.connection)
             author = exclude.author_name if exclude is not None else ""
+            if exclude is not None and exclude.peer is None and len(self._authors) < 4096:
+                self._authors.add(author)  # introduced to links that come later
         self._outgoing.append(
             _Out(protocol.update(update), exclude=exclude, author=author, update=True)
         )
@@ -1106,11 +1150,61 @@ class Room(anyio.AsyncContextManagerMixin):
             conn.kill(CloseCode.GOING_AWAY, "room closing")
             return
         self._connections[conn.id] = conn
+        if conn.peer is None:
+            for other in self._connections.values():
+                if other.peer is not None:
+                    self._introduce(other, conn.identity.username)
+        else:
+            # Before anything of theirs: the other node decides what each may do.
+            for user in {c.identity.username for c in self._connections.values()
+                         if c.peer is None} | self._authors:
+                self._introduce(conn, user)
         # Ask for what the client has and we lack (its offline edits), and give it every
         # collaborator's presence at once rather than at their next heartbeat.
         self._send(conn, protocol.sync_step1(self._doc.get_state()))
         self._answer_presence(conn)
         self.empty = anyio.Event()
+
+    def _introduce(self, conn: Connection, user: str, *, at_once: bool = False) -> None:
+        """Introduce a user of ours to a link's other node, once (federation/protocol.py)."""
+        peer = conn.peer
+        if peer is None or peer.introduce is None or user in peer.introduced or not user:
+            return
+        peer.introduced.add(user)
+        message = protocol.control({"type": "user", "user": user, **peer.introduce(user)})
+        if at_once:
+            self._deliver(conn, message)
+        else:
+            self._send(conn, message)
+
+    async def _admit(self, conn: Connection, message: Mapping[str, Any]) -> None:
+        """Decide what a user the other node introduces may do here (the link's reading
+        waits meanwhile: nothing of theirs is taken before)."""
+        peer = conn.peer
+        assert peer is not None and peer.admit is not None
+        user = message.get("user")
+        if not isinstance(user, str) or not user or len(user) > 256:
+            conn.kill(CloseCode.BAD_REQUEST, "bad user introduction")
+            return
+        if user in peer.roles:
+            return
+        if len(peer.roles) >= MAX_PEER_USERS:
+            conn.kill(CloseCode.USER_LIMIT, "too many users on one link")
+            return
+        could_sync = peer.may_sync
+        try:
+            role = await peer.admit(user, message)
+        except Exception:
+            # The per-introduction boundary: a failed check admits nobody, the link goes on.
+            self.log.exception("user check failed room=%s site=%s", self.name, peer.site)
+            role = None
+        peer.roles[user] = role or ""
+        self.log.info("link user room=%s site=%s user=%s role=%s", self.name, peer.site,
+                      user, role or "none")
+        if peer.may_sync and not could_sync:
+            # What it sent before it acted for an editor was refused: ask for it again.
+            self._send(conn, protocol.sync_step1(self._doc.get_state()))
+            self._wake()
 
     def _forget(self, cid: int) -> tuple[int, int]:
         """Remove client ``cid``'s state; return its clock and size."""
@@ -1138,14 +1232,25 @@ class Room(anyio.AsyncContextManagerMixin):
         with its site); None to ignore it."""
         state = dict(state)
         claimed = state.get("user")
-        if conn.peer is not None:
-            # The other node stamped its users; it may not speak for another site.
+        if conn.peer is not None and conn.peer.admit is None:
+            # From the document's home: its users and those it relays, as it stamped them.
             if not isinstance(claimed, dict):
                 return None
-            user = {**claimed, "site": conn.peer.site}
+            user = {**claimed, "site": conn.peer.site, "avatar_url": None}
             if "color" in user and not valid_color(user["color"]):
                 user["color"] = None
             state["user"] = user
+        elif conn.peer is not None:
+            # A linking node speaks only for users it introduced; we label them ourselves.
+            name = claimed.get("username") if isinstance(claimed, dict) else None
+            if not isinstance(name, str) or not conn.peer.may_see(name):
+                return None
+            assert isinstance(claimed, dict)
+            shown = claimed.get("name")
+            identity = Identity(name, display_name=str(shown)[:128] if shown else "",
+                                site=conn.peer.site)
+            state["user"] = identity.awareness_user(
+                writable=conn.peer.can_write(name), color=claimed.get("color"))
         else:
             color = claimed.get("color") if isinstance(claimed, dict) else None
             state["user"] = conn.identity.awareness_user(writable=conn.writable, color=color)

@@ -281,6 +281,7 @@ class CollabServer(anyio.AsyncContextManagerMixin):
             entry.activity.set()
             if writable:
                 nb.add_writer(identity.username, session)
+            await nb.remember_user(identity.username, session)
             try:
                 async with anyio.create_task_group() as tg:
                     if rights is not None:
@@ -335,8 +336,11 @@ class CollabServer(anyio.AsyncContextManagerMixin):
         identity: Identity,
         peer: Peer,
         kind: DocumentKind = NOTEBOOK,
+        *,
+        proof: str = "",
     ) -> None:
-        """Serve a link from another node into a document's room (see federation/protocol)."""
+        """Serve a link from another node into a document's room (see federation/protocol);
+        ``proof`` is our signature of its handshake, for its welcome."""
         nb = await self.open(resource_id, session, kind=kind)
         entry = self._rooms[resource_id]
         entry.users += 1
@@ -346,8 +350,9 @@ class CollabServer(anyio.AsyncContextManagerMixin):
                 "type": "welcome",
                 "version": PROTOCOL_VERSION,
                 "site": self.settings.site,
-                "node": self.federation.node_url if self.federation else "",
+                "node": self.settings.node_id,
                 "lineage": nb.lineage,
+                "proof": proof,
             }
             try:
                 await channel.send(protocol.control(welcome))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from pycrdt import Doc, Provider, Text
 
 from mesh_collab.channel import MemoryChannel, memory_channel_pair
 from mesh_collab.cs3.client import Session
+from mesh_collab.federation import keys
+from mesh_collab.federation.handshake import LocalNode
 from mesh_collab.rooms import Identity, Room
 from mesh_collab.server import CollabServer
 from mesh_collab.updatelog import Commit, UpdateLog
@@ -153,3 +156,53 @@ async def demo_sites(process: anyio.abc.Process) -> list[dict[str, str]]:
             for line in buffer.decode(errors="replace").splitlines():
                 if line.startswith('{"sites"'):
                     return list(json.loads(line)["sites"])
+
+
+@dataclass(frozen=True)
+class MeshNode:
+    """A node's identity in a test mesh: its site, id and key file (made on first use, as
+    the node itself makes it)."""
+
+    site: str
+    id: str
+    key_file: Path
+
+    @property
+    def traits(self) -> dict[str, str]:
+        """The MeshCollabApp traits that give a node this identity."""
+        return {"node_id": self.id, "node_key": str(self.key_file)}
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The same, as command-line arguments."""
+        return tuple(f"--MeshCollabApp.{k}={v}" for k, v in self.traits.items())
+
+    @property
+    def key(self) -> Any:
+        return keys.load_or_create(self.key_file)
+
+    def entry(self, url: str) -> dict[str, str]:
+        """This node's entry in the directory, reached at ``url``."""
+        return {"id": self.id, "url": url, "key": keys.public_text(self.key)}
+
+    def local(self) -> LocalNode:
+        return LocalNode(self.site, self.id, lambda: self.key)
+
+
+def mesh_node(tmp_path: Path, site: str, name: str = "") -> MeshNode:
+    """A fresh node identity of ``site`` (id ``name`` or ``<site>-node``)."""
+    node_id = name or f"{site}-node"
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return MeshNode(site, node_id, folder / f"{node_id}.pem")
+
+
+def mesh_site(site: str, domain: str, *nodes: tuple[MeshNode, str]) -> dict[str, Any]:
+    """A site's directory entry: its OCM domain and its (node, url) pairs."""
+    return {"site": site, "domain": domain, "nodes": [node.entry(url) for node, url in nodes]}
+
+
+def write_mesh(path: Path, *sites: dict[str, Any]) -> Path:
+    """Write a mesh directory file; returns its path."""
+    path.write_text(json.dumps(list(sites)))
+    return path

@@ -6,6 +6,7 @@ tokens, and co-edits the shared notebook from a real Yjs peer at each site.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -52,6 +53,18 @@ async def test_demo_two_sites_co_edit(tmp_path: Path) -> None:
                 await b.until(lambda d: d["cells"][2].endswith("einstein was here"))
                 await b.send(op="append", cell=2, text=" and marie")
                 await a.until(lambda d: d["cells"][2].endswith(" and marie"))
+            # Site B reached site A's node through the one address the directory gives it:
+            # a TLS port (wss), verified against the demo's CA. Each node's private key is
+            # its own, readable by its owner only; the directory holds public keys only.
+            root = tmp_path / "demo"
+            directory = json.loads((root / "mesh.json").read_text())
+            for entry in directory:
+                for node in entry["nodes"]:
+                    assert node["url"].startswith("https://127.0.0.1:"), node
+                    assert node["key"].startswith("ed25519:") and "secret" not in node
+            for name in ("site-a", "site-b"):
+                assert (root / name / "node" / "node-key.pem").stat().st_mode & 0o077 == 0
+            assert (root / "ca" / "ca.key").stat().st_mode & 0o077 == 0
         finally:
             process.send_signal(signal.SIGINT)
             with anyio.fail_after(60):

@@ -2,7 +2,7 @@
 
 Usage::
 
-    async with CS3Client("127.0.0.1:19000") as cs3:
+    async with CS3Client("grpcs://reva.example.org:19000", ca_file=Path("ca.pem")) as cs3:
         einstein = await cs3.login("einstein", "relativity")
         info = await einstein.files.stat("/home/einstein/notebook.ipynb")
         async with einstein.locks.lease(info.id, lock_id="mesh_collab:site-a:1") as lease:
@@ -12,6 +12,12 @@ It is built on ``grpc.aio`` and the ``cs3apis`` stubs, with ``httpx`` for the da
 HTTP transfers (docs/architecture.md says why not cs3client). Every RPC carries the
 ``x-access-token`` of its session and a deadline; every answer goes through
 :mod:`mesh_collab.cs3.statuses`.
+
+Transport security: ``grpcs://host:port`` (or ``tls=True``, or a ``ca_file``) speaks TLS,
+verified against ``ca_file`` or the default roots, and so do the HTTP transfers. Plaintext
+(``host:port`` or ``grpc://host:port``) is accepted for a loopback gateway only, since the
+password of ``Authenticate`` and every token would otherwise cross the network in clear:
+``allow_insecure=True`` lifts that for a network you trust.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import anyio
 import grpc
@@ -35,6 +43,7 @@ from mesh_collab.cs3.locks import Locks
 from mesh_collab.cs3.models import User
 from mesh_collab.cs3.shares import OCM, Shares
 from mesh_collab.cs3.users import Users
+from mesh_collab.tls import client_context, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +224,25 @@ class CS3Client(anyio.AsyncContextManagerMixin):
     """A connection to one CS3 gateway (Reva, or mesh_collab's embedded gateway).
 
     Args:
-        gateway: the gRPC address, ``host:port``.
+        gateway: the gRPC address: ``host:port`` or ``grpc://host:port`` (plaintext), or
+            ``grpcs://host:port`` (TLS).
         rpc_timeout: deadline of every RPC, in seconds.
         transfer_timeout: deadline of every HTTP transfer, in seconds.
         log: the logger to use.
         clock: the time that token renewal goes by (``time.time``); tests pass a fake one.
+        tls: speak TLS (True) or plaintext (False); None: TLS for a ``grpcs://`` address
+            or when ``ca_file`` is given.
+        ca_file: the CA bundle (PEM) the gateway's certificate is verified with, for gRPC
+            and the HTTP transfers; None for the default roots (gRPC's bundled ones, the
+            system's for HTTP). Verification is never off.
+        allow_insecure: accept plaintext to a gateway that is not loopback, and plain
+            ``http`` transfer URLs on such a host (passwords and tokens then travel in
+            clear).
+
+    Raises:
+        ValueError: plaintext to a gateway that is not loopback without ``allow_insecure``,
+            an unknown scheme, or ``tls=False`` with a ``grpcs://`` address.
+        OSError: ``ca_file`` cannot be read (``ssl.SSLError``: it holds no certificate).
     """
 
     def __init__(
@@ -230,8 +253,24 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         transfer_timeout: float = 60.0,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.time,
+        tls: bool | None = None,
+        ca_file: Path | str | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         self.gateway = gateway
+        #: The gRPC target without its scheme, ``host:port``.
+        self.target, self.tls = _parse_gateway(gateway, tls, ca_file)
+        self.allow_insecure = allow_insecure
+        if not self.tls and not allow_insecure and not _is_local(self.target):
+            raise ValueError(
+                f"CS3 gateway {self.target} is not loopback: plaintext would send passwords "
+                f"and tokens in clear; use grpcs://{self.target} (tls=True, with ca_file for "
+                "a private CA), or pass allow_insecure=True for a network you trust"
+            )
+        self.ca_file = Path(ca_file) if ca_file else None
+        # Read now: a missing or bad CA file fails at configuration, not at the first call.
+        self._ca_pem = self.ca_file.read_bytes() if self.ca_file and self.tls else None
+        self._http_ssl = client_context(self.ca_file)
         self.rpc_timeout = rpc_timeout
         self.transfer_timeout = transfer_timeout
         self.log = log or logging.getLogger(__name__)
@@ -241,10 +280,13 @@ class CS3Client(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[CS3Client]:
-        channel = grpc.aio.insecure_channel(
-            self.gateway, options=[("grpc.max_receive_message_length", 64 * 2**20)]
-        )
-        http = httpx.AsyncClient(timeout=self.transfer_timeout)
+        options = [("grpc.max_receive_message_length", 64 * 2**20)]
+        if self.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
+            channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self.target, options=options)
+        http = httpx.AsyncClient(timeout=self.transfer_timeout, verify=self._http_ssl)
         self._stub = gateway_api_pb2_grpc.GatewayAPIStub(channel)
         self._http = http
         try:
@@ -322,6 +364,7 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         Raises:
             StorageError: the mapped subclass for a failed answer or a transport failure.
         """
+        self._check_endpoint(endpoint, op=method, ref=ref)
         all_headers = {"X-Reva-Transfer": transfer_token, "x-access-token": token}
         all_headers.update(headers or {})
         try:
@@ -337,6 +380,24 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         if response.status_code not in accept:
             statuses.raise_for_http(response.status_code, op=method, ref=ref, lock_id=lock_id)
         return response
+
+    def _check_endpoint(self, endpoint: str, *, op: str, ref: str) -> None:
+        """Refuse to send tokens to a plain-http endpoint off loopback (unless
+        ``allow_insecure``): the transfer token is in its path, the access token in a header.
+
+        Raises:
+            StorageInternal: the gateway handed out such an endpoint.
+        """
+        parts = urlsplit(endpoint)
+        if parts.scheme.lower() == "https" or self.allow_insecure:
+            return
+        if parts.scheme.lower() != "http" or not is_loopback(parts.hostname or ""):
+            # The URL carries the transfer token: name its host only.
+            raise errors.StorageInternal(
+                f"the gateway handed out a {parts.scheme or 'schemeless'} transfer URL on "
+                f"{parts.hostname or '?'}: only https is accepted off loopback",
+                op=op, ref=ref, code="insecure endpoint",
+            )
 
     async def authenticate(self, auth_type: str, client_id: str, secret: str) -> tuple[str, User]:
         """Authenticate and return ``(token, user)``.
@@ -446,3 +507,39 @@ class Session:
         )
         self.user = User.from_proto(response.user)
         return self.user
+
+
+def _parse_gateway(gateway: str, tls: bool | None, ca_file: Path | str | None,
+                   ) -> tuple[str, bool]:
+    """Split a gateway address into its gRPC target and whether it speaks TLS.
+
+    Raises:
+        ValueError: an unknown scheme, or ``tls`` contradicting the scheme.
+    """
+    scheme, sep, rest = gateway.partition("://")
+    if not sep or scheme.lower() == "unix":  # gRPC's own unix:///path targets stay whole
+        return gateway, bool(ca_file) if tls is None else tls
+    scheme = scheme.lower()
+    if scheme == "grpcs":
+        if tls is False:
+            raise ValueError(f"tls=False contradicts the grpcs:// gateway {gateway!r}")
+        return rest, True
+    if scheme == "grpc":
+        if tls:
+            raise ValueError(f"tls=True contradicts the plaintext grpc:// gateway {gateway!r}")
+        if ca_file:
+            raise ValueError(f"ca_file is given for the plaintext grpc:// gateway {gateway!r}")
+        return rest, False
+    raise ValueError(f"CS3 gateway must be host:port, grpc://host:port or "
+                     f"grpcs://host:port: {gateway!r}")
+
+
+def _is_local(target: str) -> bool:
+    """Whether a gRPC target never leaves the machine (loopback, or a unix socket)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    try:
+        host = urlsplit(f"//{target}").hostname or ""
+    except ValueError:
+        return False
+    return is_loopback(host)

@@ -38,6 +38,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -52,6 +53,8 @@ from mesh_collab.cs3.oserrors import FileLockedError, holder_of, os_error
 #: Environment variables that give the defaults of ``gateway`` and ``token`` (a mesh_collab
 #: node sets both in its kernels' environment).
 GATEWAY_ENV = "MESH_COLLAB_GATEWAY"
+#: The CA bundle a ``grpcs://`` gateway is verified with (default: the system's).
+CA_ENV = "MESH_COLLAB_GATEWAY_CA"
 TOKEN_ENV = "MESH_COLLAB_CS3_TOKEN"
 DEFAULT_GATEWAY = "127.0.0.1:19000"
 
@@ -113,7 +116,9 @@ class _ClientHost:
 
         async def host() -> None:
             try:
-                async with CS3Client(self._gateway, rpc_timeout=self._rpc_timeout,
+                ca = os.environ.get(CA_ENV) or None
+                async with CS3Client(self._gateway, ca_file=Path(ca) if ca else None,
+                                     rpc_timeout=self._rpc_timeout,
                                      transfer_timeout=self._transfer_timeout) as client:
                     ready.set_result(await self._connect(client))
                     await stop.wait()
@@ -170,8 +175,10 @@ class CS3FileSystem(AsyncFileSystem):  # type: ignore[misc]
     """fsspec filesystem of ``cs3://`` URLs (see the module docstring).
 
     Args:
-        gateway: gRPC address of the CS3 gateway, ``host:port``. Default the environment
-            variable ``MESH_COLLAB_GATEWAY``, else ``127.0.0.1:19000``.
+        gateway: gRPC address of the CS3 gateway, ``host:port`` or ``grpcs://host:port``.
+            Default the environment variable ``MESH_COLLAB_GATEWAY``, else
+            ``127.0.0.1:19000``. A ``grpcs://`` gateway is verified with the CA bundle named
+            by ``MESH_COLLAB_GATEWAY_CA`` (else the system's trust store).
         token: a CS3 access token. Default ``MESH_COLLAB_CS3_TOKEN`` when no username is
             given.
         username: log in with basic credentials instead (with ``password``); the login is

@@ -10,7 +10,7 @@ either side missed travels, once.
 
 Usage::
 
-    link = PeerLink(room, url, remote_site="site-a", local=local_site)
+    link = PeerLink(room, rid, remote=site_a, node=site_a.entry, local=local_node)
     async with anyio.create_task_group() as tg:
         tg.start_soon(link.run)
         await link.synced.wait()
@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import ssl as ssl_module
 from collections.abc import Callable
 from functools import partial
 from urllib.parse import quote
@@ -30,15 +31,9 @@ from mesh_collab import protocol
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.errors import ProtocolError
 from mesh_collab.federation.aiohttp_channel import AiohttpChannel
-from mesh_collab.federation.directory import Site
-from mesh_collab.federation.protocol import (
-    AUTH_SCHEME,
-    NODE_HEADER,
-    PATH,
-    PROTOCOL_VERSION,
-    SITE_HEADER,
-    VERSION_HEADER,
-)
+from mesh_collab.federation.directory import Node, Site
+from mesh_collab.federation.handshake import LocalNode, check_welcome, link_headers
+from mesh_collab.federation.protocol import PATH, PROTOCOL_VERSION
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Identity, Peer, Room
 
@@ -62,10 +57,14 @@ class PeerLink:
     Args:
         room: the local room.
         resource_id: the notebook (the room key, the same on both nodes).
-        remote: the other site (its node URL).
-        local: our own site (name and the secret we present).
-        node_url: our node's URL (sent for logs and same-site primaries).
+        remote: the other site.
+        node: the node of that site to link to (its address and keys, from the directory).
+        local: this node (site, id and signing key).
+        introduce: what the other node is told about a user of ours when the room
+            introduces them (a CS3 token for a node of our own site; nothing for another
+            site), see federation/protocol.py.
         kind: the room's document kind (its name, e.g. "file").
+        ssl: how a wss:// node is verified (None: the system's trust store).
         lineage: returns the local room's lineage ("" while it has none yet): a welcome
             naming another lineage is refused (close code 4409), never synced.
         on_state: called with "online", "offline" or "refused" when the link changes.
@@ -77,26 +76,30 @@ class PeerLink:
         resource_id: ResourceId,
         *,
         remote: Site,
-        local: Site,
-        remote_url: str | None = None,
-        node_url: str = "",
+        node: Node,
+        local: LocalNode,
+        introduce: Callable[[str], dict[str, str]] | None = None,
         on_state: Callable[[str], None] | None = None,
         kind: str = "notebook",
         lineage: Callable[[], str] | None = None,
         max_backoff: float = 10.0,
         max_message_size: int = 16 * 2**20,
+        ssl: ssl_module.SSLContext | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.room = room
         self.resource_id = resource_id
         self.remote = remote
+        self.node = node
         self.local = local
-        self.url = room_url(remote_url or remote.url, resource_id, kind)
-        self.node_url = node_url
+        self.kind = kind
+        self.introduce = introduce or (lambda user: {})
+        self.url = room_url(node.url, resource_id, kind)
         self.on_state = on_state
         self.local_lineage = lineage or (lambda: "")
         self.max_backoff = max_backoff
         self.max_message_size = max_message_size
+        self.ssl = ssl
         self.log = log or logging.getLogger(__name__)
         self.state = "connecting"
         self.lineage = ""
@@ -130,17 +133,13 @@ class PeerLink:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _connect_once(self) -> None:
-        headers = {
-            "Authorization": f"{AUTH_SCHEME} {self.local.secret}",
-            SITE_HEADER: self.local.name,
-            NODE_HEADER: self.node_url,
-            VERSION_HEADER: str(PROTOCOL_VERSION),
-        }
+        headers, nonce = link_headers(self.local, self.remote, self.node,
+                                      str(self.resource_id), self.kind)
         self.close_code = None
         timeout = aiohttp.ClientWSTimeout(ws_close=5)
         async with aiohttp.ClientSession() as http, http.ws_connect(
             self.url, headers=headers, heartbeat=15, max_msg_size=self.max_message_size,
-            timeout=timeout,
+            timeout=timeout, ssl=self.ssl if self.ssl is not None else True,
         ) as ws:
             with anyio.fail_after(10):
                 first = await ws.receive()
@@ -153,6 +152,14 @@ class PeerLink:
             message = protocol.decode_control(welcome.payload)
             if message.get("type") != "welcome" or message.get("version") != PROTOCOL_VERSION:
                 raise ProtocolError(f"unexpected welcome: {message.get('type')!r}")
+            if not check_welcome(message, local=self.local, site=self.remote, node=self.node,
+                                 resource=str(self.resource_id), nonce=nonce):
+                # Whoever answers at that address is not the node the directory lists.
+                self.close_code = CloseCode.UNAUTHORIZED
+                await ws.close(code=CloseCode.UNAUTHORIZED, message=b"bad welcome")
+                self.log.error("link refused: the welcome is not signed by node %s of %s",
+                               self.node.id, self.remote.name)
+                return
             self.lineage = str(message.get("lineage", ""))
             mine = self.local_lineage()
             if mine and self.lineage != mine:
@@ -171,7 +178,8 @@ class PeerLink:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(partial(
                     self.room.serve, channel, identity, writable=True,
-                    peer=Peer(site=self.remote.name), synced=synced,
+                    peer=Peer(site=self.remote.name, introduce=self.introduce),
+                    synced=synced,
                 ))
                 self._set_state("online")
                 await synced.wait()

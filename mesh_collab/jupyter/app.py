@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
@@ -57,6 +59,7 @@ from traitlets.config import Config
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client, Session
+from mesh_collab.federation import keys
 from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
@@ -187,6 +190,8 @@ class MeshCollabApp(ExtensionApp):
     """The mesh_collab jupyter_server extension (see the module docstring)."""
 
     name = "mesh_collab"
+    #: (mtime of the key file, the key) of :meth:`signing_key`.
+    _key_cache: tuple[int, Ed25519PrivateKey] | None = None
     load_other_extensions = True
 
     #: Applied to the ServerApp both when launched directly (jupyter_server reads this
@@ -214,36 +219,82 @@ class MeshCollabApp(ExtensionApp):
     ).tag(config=True)
 
     gateway = Unicode(
-        help="""gRPC address (host:port) of the site's CS3 gateway (Reva, or
-        `mesh-collab gateway`). Default "127.0.0.1:19000", or MESH_COLLAB_GATEWAY.""",
+        help="""gRPC address of the site's CS3 gateway (Reva, or `mesh-collab gateway`):
+        "grpcs://host:port" for TLS, "host:port" for plaintext, which is accepted for a
+        loopback gateway only (see allow_insecure_gateway). Default "127.0.0.1:19000", or
+        MESH_COLLAB_GATEWAY.""",
+    ).tag(config=True)
+
+    gateway_ca = Unicode(
+        "",
+        help="""A CA bundle (PEM) that the gateway's certificate is verified with, for gRPC
+        and the HTTP file transfers; setting it also turns TLS on for a "host:port" gateway.
+        Default "": the default roots (gRPC's bundled ones, the system's for HTTP).
+        Verification is never off.""",
+    ).tag(config=True)
+
+    allow_insecure_gateway = Bool(
+        False,
+        help="""Accept a plaintext gateway that is not on loopback (and plain-http transfer
+        URLs on such a host). The CS3 password and every token then cross the network in
+        clear: only for a network you trust. Default False: such a gateway is refused at
+        start.""",
     ).tag(config=True)
 
     peers = Unicode(
         "",
-        help="""The mesh directory, as JSON: a list of sites, each
-        {"site": name, "url": its node's URL, "domain": its CS3/OCM domain, "secret": the
-        shared secret its nodes present when linking}. Include this node's own site (its
-        secret authenticates the other nodes of the site). A notebook shared with us over OCM
-        is edited live by linking to its home site's node found here. "@/path/file.json"
-        reads the list from that file, again at every look-up (so it can be written after the
-        nodes started). Default "" (no federation), or MESH_COLLAB_PEERS. The secrets are
-        never logged.""",
-    ).tag(config=True)
-
-    node_url = Unicode(
-        "",
-        help="""The URL other nodes reach this node at (it names the node in the Reva lock id,
-        so that the other nodes of the site link to the primary). Default "": this server's
-        own http://ip:port/base_url/.""",
+        help="""The mesh directory, as JSON: a list of sites, each {"site": name, "domain": its
+        CS3/OCM domain, "nodes": [{"id": node id, "url": its URL, "key": its public key}]}
+        (see docs/configuration.md). Include this node's own site: the other nodes of the
+        site are found there. A notebook shared with us over OCM is edited live by linking to
+        its home site's node found here. "@/path/file.json" reads the list from that file,
+        again at every look-up (so it can be written after the nodes started, and keys
+        rotated without a restart). Default "" (no federation), or MESH_COLLAB_PEERS. It
+        holds public keys only.""",
     ).tag(config=True)
 
     node_id = Unicode(
         "",
-        help="""This node's id, the name of its run in the Reva lock id: a node that finds a
-        lock with its own id and another epoch took it before a restart, and takes it back.
-        Default "": a random id made once and kept in <data_dir>/node-id, so that two hosts
-        that share a URL (both http://localhost:8888/) never take each other's lock for their
-        own.""",
+        help="""This node's id: the name of its run in the Reva lock id (a node that finds a
+        lock with its own id and another epoch took it before a restart, and takes it back),
+        and its name in the mesh directory. Default "": a random id made once and kept in
+        <data_dir>/node-id, so that two hosts that share a URL (both http://localhost:8888/)
+        never take each other's lock for their own.""",
+    ).tag(config=True)
+
+    node_key = Unicode(
+        "",
+        help="""The file of this node's Ed25519 private key, with which it signs its links to
+        other nodes (PEM; made with mode 0600 on first use). Its public key, for the mesh
+        directory, is printed by `mesh-collab node-key <file>`. Default "":
+        <data_dir>/node-key.pem.""",
+    ).tag(config=True)
+
+    federation_port = Int(
+        0,
+        help="""A port on which this node also serves its federation links over TLS (wss), with
+        federation_certfile and federation_keyfile; its directory entry is then
+        https://<host>:<port>/. Default 0: links come to the server's own port (https when
+        the server itself runs with ServerApp.certfile). The browser-facing port can stay
+        plain http on loopback.""",
+    ).tag(config=True)
+
+    federation_ip = Unicode(
+        "127.0.0.1", help="""The address federation_port listens on.""",
+    ).tag(config=True)
+
+    federation_certfile = Unicode(
+        "", help="""The certificate (PEM, with its chain) of federation_port.""",
+    ).tag(config=True)
+
+    federation_keyfile = Unicode(
+        "", help="""The private key of federation_certfile.""",
+    ).tag(config=True)
+
+    mesh_ca = Unicode(
+        "",
+        help="""A CA bundle (PEM) that https nodes of the mesh directory are verified with.
+        Default "": the system's trust store. Verification is never off.""",
     ).tag(config=True)
 
     home_template = Unicode(
@@ -483,6 +534,37 @@ class MeshCollabApp(ExtensionApp):
     def _default_node_id(self) -> str:
         return persistent_node_id(Path(self.data_dir))
 
+    @default("node_key")
+    def _default_node_key(self) -> str:
+        return str(Path(self.data_dir) / "node-key.pem")
+
+    @validate("node_id")
+    def _validate_node_id(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise TraitError(f"node_id must be 1-64 letters, digits, '.', '_' or '-': {value!r}")
+        return value
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """This node's key (read again when its file changed: a rotated key is used at once).
+
+        Raises:
+            ValueError: the file is not an Ed25519 private key.
+        """
+        path = Path(self.node_key)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        if self._key_cache is None or self._key_cache[0] != stamp or not stamp:
+            key = keys.load_or_create(path)
+            self._key_cache = (path.stat().st_mtime_ns, key)
+        return self._key_cache[1]
+
+    def mesh_ssl(self) -> ssl.SSLContext:
+        """How this node verifies the https nodes it links to (mesh_ca, or the system's)."""
+        return ssl.create_default_context(cafile=self.mesh_ca or None)
+
     @default("mount_root")
     def _default_mount_root(self) -> str:
         return str(Path(self.data_dir) / "mount")
@@ -497,9 +579,13 @@ class MeshCollabApp(ExtensionApp):
     @validate("gateway")
     def _validate_gateway(self, proposal: dict[str, Any]) -> str:
         value = str(proposal["value"])
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise TraitError(f"gateway must be host:port: {value!r}")
+        scheme, sep, address = value.partition("://")
+        if not sep:
+            scheme, address = "", value
+        host, sep, port = address.rpartition(":")
+        if scheme.lower() not in ("", "grpc", "grpcs") or not sep or not host \
+                or not port.isdigit():
+            raise TraitError(f"gateway must be host:port or grpcs://host:port: {value!r}")
         return value
 
     @validate(
@@ -611,7 +697,9 @@ class MeshCollabApp(ExtensionApp):
         """Build the node's state and hand it to the contents manager and identity provider.
 
         Raises:
-            TraitError: ``checkpoint_max_interval`` is smaller than ``checkpoint_quiet_period``.
+            TraitError: ``checkpoint_max_interval`` is smaller than ``checkpoint_quiet_period``;
+                a plaintext ``gateway`` off loopback without ``allow_insecure_gateway``; an
+                unreadable ``gateway_ca``.
         """
         if self.checkpoint_max_interval < self.checkpoint_quiet_period:
             raise TraitError(
@@ -628,12 +716,19 @@ class MeshCollabApp(ExtensionApp):
             self.settings.get("websocket_max_message_size") or _TORNADO_MAX_MESSAGE_SIZE,
             self.max_message_size,
         )
-        cs3 = CS3Client(
-            self.gateway,
-            rpc_timeout=self.rpc_timeout,
-            transfer_timeout=self.transfer_timeout,
-            log=self.log,
-        )
+        try:
+            cs3 = CS3Client(
+                self.gateway,
+                rpc_timeout=self.rpc_timeout,
+                transfer_timeout=self.transfer_timeout,
+                log=self.log,
+                ca_file=Path(self.gateway_ca) if self.gateway_ca else None,
+                allow_insecure=self.allow_insecure_gateway,
+            )
+        except (ValueError, OSError) as exc:
+            raise TraitError(
+                f"MeshCollabApp.gateway / gateway_ca / allow_insecure_gateway: {exc}"
+            ) from exc
         self.state = MeshState(config=self, cs3=cs3, sessions=Sessions(), site=self.site)
         self.settings["mesh_collab"] = self.state
         assert self.serverapp is not None
@@ -676,6 +771,7 @@ class MeshCollabApp(ExtensionApp):
         kernels = self.serverapp.kernel_manager
         state.kernel_files = KernelFiles(
             gateway=self.gateway,
+            gateway_ca=str(Path(self.gateway_ca).absolute()) if self.gateway_ca else "",
             mountpoint=Path(self.mount_root).absolute(),
             fallback=str(getattr(kernels, "root_dir", "") or self.serverapp.root_dir),
         )

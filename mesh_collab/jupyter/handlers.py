@@ -13,8 +13,9 @@ Every handler a browser reaches goes through jupyter_server's ``Authorizer`` on 
 ``"contents"``, as jupyter-collaboration's own handlers do: ``read`` to open a session or
 join a room, and ``write`` to edit in it. A user the Authorizer allows to read but not to
 write joins read-only, as a viewer of the file does. Links from other nodes
-(:class:`FederationHandler`) carry no Jupyter user: the site's secret authenticates them,
-and each user's own node has asked its Authorizer about them.
+(:class:`FederationHandler`) carry no Jupyter user: a handshake signed by the linking node's
+key authenticates the node, and the link acts only for the users it introduces, each checked
+here (by their OCM share, or by the storage with their own token).
 
 Close codes are those of :mod:`mesh_collab.close_codes`.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -39,14 +40,17 @@ from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.models import ReceivedOCMShare, Role, ShareState
 from mesh_collab.documents import Federation, RoomSettings
 from mesh_collab.federation.directory import Site
-from mesh_collab.federation.protocol import (
-    PATH,
-    PROTOCOL_VERSION,
+from mesh_collab.federation.handshake import (
+    NODE_HEADER,
+    NONCE_HEADER,
     SITE_HEADER,
-    VERSION_HEADER,
-    credentials,
+    check_link,
+    welcome_proof,
 )
+from mesh_collab.federation.keys import Nonces
+from mesh_collab.federation.protocol import PATH
 from mesh_collab.jupyter.api import AUTH_RESOURCE, api_handlers, may_write
+from mesh_collab.jupyter.federation_tls import federation_listener
 from mesh_collab.jupyter.fileids import resource_id_for
 from mesh_collab.jupyter.identity import MeshUser, mesh_state, session_for
 from mesh_collab.jupyter.websocket import TornadoChannel
@@ -64,6 +68,7 @@ GLOBAL_AWARENESS = "JupyterLab:globalAwareness"
 def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
     """Register the room server as a node service and return the collaboration routes."""
     app.add_service(room_service)
+    app.add_service(federation_listener)
     return [
         (r"/api/collaboration/session/(.*)", SessionHandler, {}),
         (r"/api/collaboration/room/(.*)", RoomHandler, {}),
@@ -76,8 +81,11 @@ def collaboration_handlers(app: Any) -> list[tuple[str, Any, dict[str, Any]]]:
 async def room_service(state: Any) -> AsyncIterator[CollabServer]:
     """The node's update log and room server, for the life of the Jupyter server."""
     config = state.config
-    node_url = config.node_url or config.serverapp.connection_url
-    federation = Federation(site=config.site, node_url=node_url, directory_source=config.directory)
+    federation = Federation(
+        site=config.site, node_id=config.node_id, directory_source=config.directory,
+        key_source=config.signing_key, ssl=config.mesh_ssl(),
+    )
+    config.signing_key()  # made now, not at the first link: its public key goes in the directory
     settings = RoomSettings(
         site=config.site,
         node_id=config.node_id,
@@ -148,10 +156,9 @@ async def home_of(state: Any, session: Any, rid: ResourceId) -> Site | None:
     share = await _ocm_share(session, rid)
     if share is None:
         return None
-    directory = state.config.directory()
-    site = directory.site(share.opaque.get("owner_site", "")) or directory.by_domain(
-        share.owner.idp
-    )
+    # The owner's identity provider says where the notebook lives: the share's other
+    # fields are the sender's word, not the directory's.
+    site = state.config.directory().by_domain(share.owner.idp)
     if site is None:
         raise web.HTTPError(502, f"the owner's site {share.owner.idp!r} is not in the mesh")
     return site  # type: ignore[no-any-return]
@@ -366,13 +373,16 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
     """``/mesh/federation/v1/rooms/<resource id>[?kind=file]``: another node links to one of
     our rooms (of a notebook unless ``kind`` names another kind).
 
-    Peers authenticate with their site's shared secret (federation/protocol.py); browsers'
-    Jupyter credentials play no part here. The close codes: 4401 unknown site or wrong
-    secret, 4426 another protocol version, 4400 a bad room id, 4403 the notebook is not
-    shared with that site (or no local user may open it), 4404 no such notebook.
+    Peers open the link with a handshake signed by their node key
+    (federation/handshake.py); browsers' Jupyter credentials play no part here. The close
+    codes: 4401 unknown node, bad signature, a handshake for another node, expired or
+    replayed; 4426 another protocol version; 4400 a bad room id; 4403 the notebook is not
+    shared with that site (or no local user may open it); 4404 no such notebook.
     """
 
     channel: TornadoChannel | None = None
+    #: Handshake nonces seen lately, by every link of this process.
+    nonces = Nonces()
 
     @allow_unauthenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -386,21 +396,6 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         self.set_nodelay(True)
         state = mesh_state(self)
         self.channel = TornadoChannel(self, f"peer:{room_id}")
-        site_name = self.request.headers.get(SITE_HEADER, "")
-        version = self.request.headers.get(VERSION_HEADER, "")
-        secret = credentials(self.request.headers.get("Authorization", ""))
-        try:
-            directory = state.config.directory()
-        except ValueError:
-            directory = None
-        site = directory.authenticate(site_name, secret) if directory is not None else None
-        if site is None:
-            log.warning("link refused: unknown site or wrong secret site=%r", site_name[:64])
-            await self.channel.close(CloseCode.UNAUTHORIZED, "unknown site or wrong secret")
-            return
-        if version != str(PROTOCOL_VERSION):
-            await self.channel.close(CloseCode.PROTOCOL_VERSION, f"speaks {PROTOCOL_VERSION}")
-            return
         kind = BY_NAME.get(self.get_query_argument("kind", NOTEBOOK.name))
         parsed = _parse_room(NOTEBOOK.room_prefix + room_id)
         if parsed is None or kind is None:
@@ -408,6 +403,22 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             return
         _, rid = parsed
         await state.wait_ready()
+        server: CollabServer = state.server
+        local = server.federation.local if server.federation is not None else None
+        try:
+            if local is None:
+                raise errors.PeerRejected("no federation here", CloseCode.UNAUTHORIZED)
+            site, node = check_link(
+                self.request.headers, local=local, directory=state.config.directory(),
+                resource=str(rid), kind=kind.name, nonces=self.nonces,
+            )
+        except (errors.PeerRejected, ValueError) as exc:
+            code = getattr(exc, "code", CloseCode.UNAUTHORIZED)
+            log.warning("link refused: %s site=%r node=%r", exc,
+                        self.request.headers.get(SITE_HEADER, "")[:64],
+                        self.request.headers.get(NODE_HEADER, "")[:64])
+            await self.channel.close(code, str(exc)[:120])
+            return
         session = state.sessions.default
         if session is None:
             await self.channel.close(CloseCode.FORBIDDEN, "no local user can open it")
@@ -416,15 +427,22 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
         if code is not None:
             await self.channel.close(code, reason)
             return
-        peer = await _peer_rights(state, session, rid, site)
-        if peer is None:
+        if site.name == state.config.site:
+            admit = partial(_admit_same_site, state.cs3, rid)
+        elif await _shared_with(session, rid, site):
+            admit = partial(_admit_remote, session, rid, site)
+        else:
             await self.channel.close(CloseCode.FORBIDDEN, "not shared with that site")
             return
-        identity = Identity(username=f"node:{site.name}", site=site.name)
-        server: CollabServer = state.server
-        log.info("link accepted room=%s site=%s", rid, site.name)
-        server.start_soon(server.serve_peer, rid, session, self.channel, identity, peer, kind,
-                          channel=self.channel)
+        identity = Identity(username=f"node:{site.name}:{node.id}", site=site.name)
+        proof = welcome_proof(local, site.name, node.id, str(rid),
+                              self.request.headers.get(NONCE_HEADER, ""))
+        log.info("link accepted room=%s site=%s node=%s", rid, site.name, node.id)
+        server.start_soon(
+            partial(server.serve_peer, rid, session, self.channel, identity,
+                    Peer(site=site.name, admit=admit), kind, proof=proof),
+            channel=self.channel,
+        )
 
     def on_message(self, message: bytes | str) -> Awaitable[None] | None:
         return self.channel.deliver(message) if self.channel is not None else None
@@ -434,24 +452,42 @@ class FederationHandler(WebSocketHandler, JupyterHandler):  # type: ignore[misc]
             self.channel.mark_closed()
 
     def check_origin(self, origin: str) -> bool:
-        return True  # nodes are not browsers; the shared secret authenticates them
+        return True  # nodes are not browsers; their signed handshake authenticates them
 
 
-async def _peer_rights(state: Any, session: Any, rid: ResourceId, site: Site) -> Peer | None:
-    """What a linking site's users may do in a room: the home node enforces it.
+async def _ocm_grants(session: Any, rid: ResourceId, site: Site) -> list[Any]:
+    """The OCM shares of ``rid`` with users of ``site``."""
+    if not site.domain:
+        return []
+    return [share for share in await session.ocm.list()
+            if share.resource_id == rid and share.grantee.idp == site.domain]
 
-    A node of our own site shares our gateway and enforces its users' rights itself. A node
-    of another site: each of its users may edit only if the notebook is OCM-shared with them
-    as editor (their updates are announced with their name, see federation/protocol.py).
-    """
-    if site.name == state.config.site:
-        return Peer(site=site.name)
-    editors: set[str] = set()
-    viewers: set[str] = set()
-    for share in await session.ocm.list():
-        if share.resource_id != rid or not site.domain or share.grantee.idp != site.domain:
-            continue
-        (editors if share.role is Role.EDITOR else viewers).add(share.grantee.opaque_id)
-    if not editors and not viewers:
+
+async def _shared_with(session: Any, rid: ResourceId, site: Site) -> bool:
+    return bool(await _ocm_grants(session, rid, site))
+
+
+async def _admit_remote(session: Any, rid: ResourceId, site: Site, user: str,
+                        message: Mapping[str, Any]) -> str | None:
+    """What a user of another site may do in a room: what the OCM share with them says."""
+    for share in await _ocm_grants(session, rid, site):
+        if share.grantee.opaque_id == user:
+            return "editor" if share.role is Role.EDITOR else "viewer"
+    return None
+
+
+async def _admit_same_site(cs3: Any, rid: ResourceId, user: str, message: Mapping[str, Any]
+                           ) -> str | None:
+    """What a user of our own site, served by another node of the site, may do in a room:
+    what the storage answers to their own CS3 token (which the introduction carries)."""
+    token = message.get("token")
+    if not isinstance(token, str) or not token or len(token) > 16384:
         return None
-    return Peer(site=site.name, can_write=editors.__contains__, may_sync=bool(editors))
+    session = cs3.session(token)
+    try:
+        if (await session.whoami()).username != user:
+            return None
+        info = await session.files.stat(rid)
+    except errors.StorageError:
+        return None
+    return "editor" if info.writable else "viewer"

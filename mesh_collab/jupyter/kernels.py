@@ -48,7 +48,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 from mesh_collab import errors
 from mesh_collab.cs3.client import Session
-from mesh_collab.cs3.filesystem import GATEWAY_ENV, TOKEN_ENV
+from mesh_collab.cs3.filesystem import CA_ENV, GATEWAY_ENV, TOKEN_ENV
 from mesh_collab.jupyter.fileids import SHARED_FOLDER, home_path, normalize
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class KernelFiles:
 
     Attributes:
         gateway: the CS3 gateway, exported to kernels.
+        gateway_ca: the CA bundle of a ``grpcs://`` gateway, exported to kernels; "" for none.
         mountpoint: where the mount is (or would be).
         fallback: where kernels start without the mount (``ServerApp.root_dir``).
         session: the mounted user's session, whose token kernels get; None without one.
@@ -82,6 +83,7 @@ class KernelFiles:
     gateway: str
     mountpoint: Path
     fallback: str
+    gateway_ca: str = ""
     session: Session | None = None
     root: str = ""
     mounted: bool = False
@@ -133,6 +135,8 @@ class KernelFiles:
         out = dict(os.environ if env is None else env)
         out.pop(_PASSWORD_ENV, None)
         out[GATEWAY_ENV] = self.gateway
+        if self.gateway_ca:
+            out[CA_ENV] = self.gateway_ca
         if self.session is not None:
             out[TOKEN_ENV] = await self.session.tokens.token()
         return out
@@ -228,6 +232,7 @@ async def kernel_mount(state: MeshState) -> AsyncIterator[KernelFiles | None]:
         secret, kind = await session.tokens.token(), "--token-env"
     command = [
         sys.executable, "-m", "mesh_collab", "mount", "--gateway", config.gateway,
+        *(["--ca-file", config.gateway_ca] if config.gateway_ca else []),
         "--user", session.user.username, kind, _SECRET_ENV, "--root", files.root,
         # Its stdin is a pipe from the node: if the node dies (even kill -9), the pipe
         # closes and the mount goes with it.

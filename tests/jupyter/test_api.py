@@ -13,6 +13,7 @@ from pycrdt import Text
 
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role, ShareState
+from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import Node, NodeFactory
 
 
@@ -144,22 +145,23 @@ async def test_ocm_share_to_another_site(
 ) -> None:
     gw_a = await gateway_factory(site="site-a")
     gw_b = await gateway_factory(site="site-b")
-    peers = tmp_path / "mesh.json"
+    gw_a.trusted_providers, gw_b.trusted_providers = [gw_b.domain], [gw_a.domain]
     nowhere = "http://127.0.0.1:9/"  # no linking in this test
-    peers.write_text(json.dumps([
-        {"site": "site-a", "url": nowhere, "domain": gw_a.domain, "secret": "a" * 32},
-        {"site": "site-b", "url": nowhere, "domain": gw_b.domain, "secret": "b" * 32},
-    ]))
+    id_a, id_b = mesh_node(tmp_path, "site-a"), mesh_node(tmp_path, "site-b")
+    peers = write_mesh(tmp_path / "mesh.json", mesh_site("site-a", gw_a.domain, (id_a, nowhere)),
+                       mesh_site("site-b", gw_b.domain, (id_b, nowhere)))
     einstein = await (await cs3_client_factory(gw_a.grpc_address)).login("einstein", "relativity")
     await einstein.files.write("/home/einstein/a.ipynb", nb("x = 1"))
-    node_a = await node_factory(gw_a, site="site-a", peers=f"@{peers}")
+    node_a = await node_factory(gw_a, site="site-a", peers=f"@{peers}", **id_a.traits)
     node_b = await node_factory(gw_b, site="site-b", cs3_username="marie",
-                                cs3_password="radioactivity", peers=f"@{peers}")
+                                cs3_password="radioactivity", peers=f"@{peers}", **id_b.traits)
     sites = (await mesh(node_a, "GET", "sites")).json()
     assert sites["site"] == "site-a"
     assert [(s["name"], s["local"]) for s in sites["sites"]] == [
         ("site-a", True), ("site-b", False)]
-    assert "secret" not in json.dumps(sites)
+    # Names and domains only: not where the nodes are, nor their keys.
+    assert all(set(s) == {"name", "domain", "local"} for s in sites["sites"])
+    assert nowhere not in json.dumps(sites) and "ed25519:" not in json.dumps(sites)
     created = await mesh(node_a, "POST", "shares", {"path": "a.ipynb", "grantee": "marie@site-b",
                                                     "role": "editor"})
     assert created.status_code == 201, created.text

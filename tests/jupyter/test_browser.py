@@ -19,6 +19,7 @@ from playwright.async_api import Page, async_playwright
 
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role, UserId
+from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import TOKEN, jupyter_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -105,6 +106,7 @@ async def test_a_user_at_site_a_and_one_at_site_b_co_edit(
     other's edits and cursors, labelled with their site."""
     gw_a = await gateway_factory(site="site-a")
     gw_b = await gateway_factory(site="site-b")
+    gw_a.trusted_providers, gw_b.trusted_providers = [gw_b.domain], [gw_a.domain]
     einstein = await (await cs3_client_factory(gw_a.grpc_address)).login("einstein", "relativity")
     marie = await (await cs3_client_factory(gw_b.grpc_address)).login("marie", "radioactivity")
     info = await einstein.files.write("/home/einstein/collab.ipynb", json.dumps(NOTEBOOK).encode())
@@ -112,22 +114,24 @@ async def test_a_user_at_site_a_and_one_at_site_b_co_edit(
     (received,) = await marie.ocm.received()
     await marie.ocm.accept(received.id)
     peers = tmp_path / "mesh.json"
+    ids = {site: mesh_node(tmp_path, site) for site in ("site-a", "site-b")}
+    for identity in ids.values():
+        identity.key  # noqa: B018 - made here, before the node reads it
 
     def lab(gw: Any, site: str, user: str, password: str) -> Any:
         return jupyter_process(
             tmp_path, jupyter_env, app="lab", name=site,
             env={"MESH_COLLAB_CS3_PASSWORD": password},
             args=(f"--MeshCollabApp.gateway={gw.grpc_address}", f"--MeshCollabApp.site={site}",
-                  f"--MeshCollabApp.cs3_username={user}", f"--MeshCollabApp.peers=@{peers}"),
+                  f"--MeshCollabApp.cs3_username={user}", f"--MeshCollabApp.peers=@{peers}",
+                  *ids[site].args),
         )
 
     ARTIFACTS.mkdir(exist_ok=True)
     async with lab(gw_a, "site-a", "einstein", "relativity") as node_a, \
             lab(gw_b, "site-b", "marie", "radioactivity") as node_b:
-        peers.write_text(json.dumps([
-            {"site": "site-a", "url": node_a.url, "domain": gw_a.domain, "secret": "a" * 32},
-            {"site": "site-b", "url": node_b.url, "domain": gw_b.domain, "secret": "b" * 32},
-        ]))
+        write_mesh(peers, mesh_site("site-a", gw_a.domain, (ids["site-a"], node_a.url)),
+                   mesh_site("site-b", gw_b.domain, (ids["site-b"], node_b.url)))
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             try:

@@ -245,6 +245,7 @@ async def test_ocm_share_from_another_site(
     einstein: Session,
 ) -> None:
     site_b = await gateway_factory(site="site-b")
+    gateway.trusted_providers, site_b.trusted_providers = [site_b.domain], [gateway.domain]
     marie_b = await (await cs3_client_factory(site_b.grpc_address)).login("marie", "radioactivity")
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_code_cell("print('from site a')"))

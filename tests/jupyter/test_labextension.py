@@ -28,6 +28,7 @@ import pytest
 from playwright.async_api import Page, async_playwright
 
 from mesh_collab.cs3.models import Lock
+from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import TOKEN, jupyter_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,6 @@ ARGS = [
 ]
 VISIBLE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 SIZE = {"width": 1400, "height": 860}
-SECRETS = {"site-a": "a" * 32, "site-b": "b" * 32}
 
 
 def notebook(source: str) -> bytes:
@@ -164,12 +164,16 @@ async def test_labextension_across_two_sites(
 ) -> None:
     gw_a = await gateway_factory(site="site-a")
     gw_b = await gateway_factory(site="site-b")
+    gw_a.trusted_providers, gw_b.trusted_providers = [gw_b.domain], [gw_a.domain]
     einstein = await (await cs3_client_factory(gw_a.grpc_address)).login("einstein", "relativity")
     await einstein.files.write("/home/einstein/collab.ipynb", notebook("x = 1"))
     locked = await einstein.files.write("/home/einstein/locked.ipynb", notebook("y = 2"))
     await einstein.locks.set(locked.id, Lock(
         lock_id="wopi-42", app_name="Collabora Online", expiration=time.time() + 600))
     peers = tmp_path / "mesh.json"
+    ids = {site: mesh_node(tmp_path, site) for site in ("site-a", "site-b")}
+    for identity in ids.values():
+        identity.key  # noqa: B018 - made here, before the node reads it
     # No "get notified about Jupyter news?" toast over the screenshots.
     settings = jupyter_env / "config/lab/user-settings/@jupyterlab/apputils-extension"
     settings.mkdir(parents=True)
@@ -181,7 +185,7 @@ async def test_labextension_across_two_sites(
             tmp_path, jupyter_env, app="lab", name=site, env=env,
             args=(f"--MeshCollabApp.gateway={gw.grpc_address}", f"--MeshCollabApp.site={site}",
                   f"--MeshCollabApp.peers=@{peers}", "--MeshCollabApp.checkpoint_quiet_period=1",
-                  *extra),
+                  *ids[site].args, *extra),
         )
 
     async with AsyncExitStack() as stack:
@@ -194,12 +198,8 @@ async def test_labextension_across_two_sites(
         node_b = await stack.enter_async_context(lab(
             gw_b, "site-b", "--MeshCollabApp.cs3_username=marie",
             env={"MESH_COLLAB_CS3_PASSWORD": "radioactivity"}))
-        peers.write_text(json.dumps([
-            {"site": "site-a", "url": node_a.url, "domain": gw_a.domain,
-             "secret": SECRETS["site-a"]},
-            {"site": "site-b", "url": node_b.url, "domain": gw_b.domain,
-             "secret": SECRETS["site-b"]},
-        ]))
+        write_mesh(peers, mesh_site("site-a", gw_a.domain, (ids["site-a"], node_a.url)),
+                   mesh_site("site-b", gw_b.domain, (ids["site-b"], node_b.url)))
         p = await stack.enter_async_context(async_playwright())
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         stack.push_async_callback(browser.close)

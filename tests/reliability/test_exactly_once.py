@@ -40,6 +40,7 @@ from pycrdt import Doc
 
 from mesh_collab import errors, notebook
 from mesh_collab.cs3.client import CS3Client, Session
+from tests.helpers import MeshNode, mesh_node, mesh_site, write_mesh
 from tests.reliability.conftest import DATA, NodeProcess, gateway_process
 from tests.reliability.yclient import YClient
 
@@ -82,6 +83,7 @@ class Torture:
         self.started = time.monotonic()
         self.outside: list[str] = []
         self.nodes: list[NodeProcess] = []
+        self.identities: list[MeshNode] = []
         self.frozen: set[int] = set()
         self.room = ""
         self.rid: Any = None
@@ -97,22 +99,26 @@ class Torture:
         info = await self.einstein.files.write(PATH, (DATA / "Running_Code.ipynb").read_bytes())
         self.rid = info.id
         peers = self.tmp_path / "mesh.json"
-        peers.write_text(json.dumps([{
-            "site": "site-a", "url": "http://127.0.0.1:9/",
-            "domain": urlsplit(self.gw.http_url).netloc,
-            "secret": "the-secret-of-the-site-a-nodes",
-        }]))
         traits = {
             "site": "site-a", "peers": f"@{peers}", "lock_expiry": LOCK_EXPIRY,
             "checkpoint_quiet_period": 0.2, "checkpoint_max_interval": 1,
             "file_poll_interval": 0.5, "document_cleanup_delay": 600,
         }
         for i in range(2):
+            identity = mesh_node(self.tmp_path, "site-a", f"node{i}")
+            identity.key  # noqa: B018 - made here, before the node reads it
+            self.identities.append(identity)
             node = NodeProcess(tmp_path=self.tmp_path / f"node{i}", gateway=self.gw.grpc_address,
-                               traits=traits)
+                               traits={**traits, **identity.traits})
             (self.tmp_path / f"node{i}").mkdir()
             await node.start()
             self.nodes.append(node)
+        # Both nodes of the site, at their real addresses (a restart keeps its port): how
+        # the replica finds the primary that the lock names.
+        write_mesh(peers, mesh_site("site-a", urlsplit(self.gw.http_url).netloc,
+                                    *((m, n.url) for m, n in zip(self.identities, self.nodes,
+                                                                 strict=True))))
+        for node in self.nodes:
             async with httpx.AsyncClient(timeout=60) as http:
                 session = await node.open_session(http, "torture.ipynb")
             self.room = f"json:notebook:{session['fileId']}"
@@ -168,8 +174,11 @@ class Torture:
             lock = await self.einstein.locks.get(self.rid)
         except errors.StorageError:
             return None
-        for i, node in enumerate(self.nodes):
-            if lock is not None and node.url and lock.lock_id.endswith(node.url):
+        # Lock ids read mesh_collab:<site>:<node id>:<epoch>.
+        holder = lock.lock_id.split(":")[2] if lock is not None and lock.lock_id.count(
+            ":") == 3 else ""
+        for i, identity in enumerate(self.identities):
+            if holder == identity.id:
                 return i
         return None
 

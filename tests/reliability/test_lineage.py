@@ -3,7 +3,6 @@ refused with close code 4409, and nothing of either history reaches the other.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +11,15 @@ from pycrdt import Array, Doc
 
 from mesh_collab.close_codes import CloseCode
 from mesh_collab.cs3.client import Session
-from mesh_collab.federation.directory import Site
+from mesh_collab.federation.directory import MeshDirectory
 from mesh_collab.federation.link import PeerLink
 from mesh_collab.resources import ResourceId
 from mesh_collab.rooms import Room
 from tests.data import NOTEBOOKS as DATA
+from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import NodeFactory
 
-SECRET_A = "secret-of-site-a-long-enough"
+NOWHERE = "http://127.0.0.1:9/"
 
 
 async def linked_state(link: PeerLink, *states: str) -> None:
@@ -37,18 +37,22 @@ async def test_a_link_to_another_lineage_is_refused_and_nothing_syncs(
     info = await einstein.files.write(
         "/home/einstein/lineage.ipynb", (DATA / "notebook3.ipynb").read_bytes()
     )
+    # The node under test (the primary of site A) and a second node of site A, played by
+    # the test's PeerLink with its own key.
+    home = mesh_node(tmp_path, "site-a", "home")
+    other = mesh_node(tmp_path, "site-a", "other")
     peers = tmp_path / "mesh.json"
-    peers.write_text(json.dumps([
-        {"site": "site-a", "url": "http://127.0.0.1:9/", "domain": gateway.domain,
-         "secret": SECRET_A},
-    ]))
-    node = await node_factory(gateway, site="site-a", peers=f"@{peers}")
-    site = Site("site-a", node.url, gateway.domain, SECRET_A)
+    node = await node_factory(gateway, site="site-a", peers=f"@{peers}", **home.traits)
+    entry = mesh_site("site-a", gateway.domain, (home, node.url), (other, NOWHERE))
+    write_mesh(peers, entry)
+    site = MeshDirectory.from_config([entry]).site("site-a")
+    assert site is not None and site.entry is not None
     rid = ResourceId.parse(str(info.id))
 
     async def link_with(lineage: str) -> tuple[PeerLink, Room]:
         room = Room("json:notebook:" + str(rid), doc=Doc())
-        link = PeerLink(room, rid, remote=site, local=site, lineage=lambda: lineage)
+        link = PeerLink(room, rid, remote=site, node=site.entry, local=other.local(),
+                        lineage=lambda: lineage)
         return link, room
 
     async with anyio.create_task_group() as tg:

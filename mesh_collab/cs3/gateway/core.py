@@ -28,7 +28,8 @@ from google.protobuf.message import Message
 from mesh_collab.throttle import LoginThrottle
 
 from .namespace import Namespace
-from .ocm import Discovery, OcmStore
+from .ocm import OcmStore
+from .providers import Discovery
 from .shares import ShareStore
 from .status import INTERNAL, OK, PERMISSION_DENIED, UNAUTHENTICATED, GatewayError, code_name
 from .storage import Storage
@@ -49,6 +50,8 @@ class Core:
 
     site: str
     domain: str
+    #: Base URL of the HTTP side, ``https://`` when the gateway serves TLS: the transfer
+    #: endpoints and the OCM URLs it hands out derive from it.
     http_url: str
     users: UserDirectory
     tokens: TokenSigner
@@ -56,7 +59,10 @@ class Core:
     storage: Storage
     shares: ShareStore
     ocm: OcmStore
+    #: The trusted OCM providers: discovery, signed shares to them, signers of shares.
     discovery: Discovery
+    #: The public half of the gateway's OCM signing key, published in /.well-known/ocm.
+    public_key_pem: str
     max_upload_size: int
     log: logging.Logger
     #: Failed basic logins per account and per client address (``Authenticate``).

@@ -14,8 +14,12 @@ Routes:
   honoured for the owner of the file only; anybody else's write keeps the replaced content
   as a version.
 * ``GET /.well-known/ocm`` (and the legacy ``/ocm-provider``): OCM discovery.
-* ``POST /ocm/shares``: receive an OCM share; 201 ``{"recipientDisplayName": ...}``, 400
-  with a JSON error for a bad body, 404 for an unknown ``shareWith`` user.
+* ``POST /ocm/shares``: receive an OCM share from a trusted provider; 201
+  ``{"recipientDisplayName": ...}``. Every refusal is JSON ``{"message": ...}``: 401 unless
+  the request is signed (RFC 9421) by a trusted provider's published key, within 5 minutes
+  and once, for this provider's URL; 403 for an owner, sender or WebDAV uri of another
+  provider; 400 for a bad body; 404 for an unknown ``shareWith`` user; 409 when that share
+  was received already (the stored one is left as it is); 413 above 64 KiB.
 * ``GET|HEAD|PUT /remote.php/dav/ocm/<secret>[/<path>]``: the shared resource, for the
   recipient's site (secret in the path, or ``Authorization: Bearer <secret>``). A PUT always
   keeps the replaced content as a version.
@@ -26,11 +30,13 @@ status by one middleware, which is also the single catch-all boundary of a reque
 
 from __future__ import annotations
 
+import json
 import os
 import stat as stat_mod
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from aiohttp import web
@@ -40,7 +46,8 @@ from ...resources import ResourceId
 from .content import Conditions
 from .core import Core
 from .namespace import Node
-from .ocm import WEBDAV_PREFIX, discovery_document, parse_incoming
+from .ocm import parse_incoming
+from .providers import WEBDAV_PREFIX, discovery_document
 from .status import (
     INVALID_ARGUMENT,
     NOT_FOUND,
@@ -54,6 +61,7 @@ from .users import UserRecord
 
 TRANSFER_HEADER = "X-Reva-Transfer"
 _CHUNK = 1 << 20
+_MAX_SHARE_BODY = 64 * 1024
 CORE_KEY: web.AppKey[Core] = web.AppKey("core", Core)
 
 
@@ -247,26 +255,33 @@ def _file_headers(core: Core, node: Node, node_id: str) -> dict[str, str]:
 
 async def _discovery(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
-    return web.json_response(discovery_document(core.http_url, core.site))
+    return web.json_response(discovery_document(core.http_url, core.site, core.public_key_pem))
 
 
 async def _receive_share(request: web.Request) -> web.Response:
     core = request.app[CORE_KEY]
+    # A signature covers the target URI: one meant for another provider is not for us.
+    if request.host.lower() not in (core.domain.lower(), urlsplit(core.http_url).netloc):
+        raise GatewayError(UNAUTHENTICATED, "request not addressed to this provider", http=401)
+    if (request.content_length or 0) > _MAX_SHARE_BODY:
+        raise GatewayError(RESOURCE_EXHAUSTED, "share too large", http=413)
+    body = await request.content.read(_MAX_SHARE_BODY + 1)
+    if len(body) > _MAX_SHARE_BODY:
+        raise GatewayError(RESOURCE_EXHAUSTED, "share too large", http=413)
+    signer = await core.discovery.signer_of(request.method, str(request.url), request.headers,
+                                            body)
     try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"message": "body is not JSON"}, status=400)
-    try:
-        share = parse_incoming(body)
-    except ValueError as exc:
-        return web.json_response({"message": str(exc)}, status=400)
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise GatewayError(INVALID_ARGUMENT, "body is not JSON", http=400) from None
+    share = parse_incoming(doc, signer)
     local = share.share_with.rpartition("@")[0] or share.share_with
     rec = core.users.by_name_or_id(local)
     if rec is None:
         # Reva's ocmd answers 404 "user not found" (internal/http/services/opencloudmesh).
-        return web.json_response({"message": "user not found"}, status=404)
+        raise GatewayError(NOT_FOUND, "user not found")
     core.ocm.add_received(rec.opaque_id, share, state=ocm_res.SHARE_STATE_PENDING)
-    core.log.info("op=OCM received share user=%s from=%s", rec.username, share.sender_domain)
+    core.log.info("op=OCM received share user=%s from=%s", rec.username, signer.domain)
     return web.json_response({"recipientDisplayName": rec.display_name}, status=201)
 
 

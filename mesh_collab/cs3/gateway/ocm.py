@@ -1,19 +1,19 @@
-"""Open Cloud Mesh between gateways (spec §1.9): discovery, sending and receiving shares.
+"""Open Cloud Mesh shares between gateways (spec §1.9): what is received, what is kept.
 
-* Discovery: ``GET http://<domain>/.well-known/ocm`` (loopback http, as the embedded
-  gateways serve it), turned into a CS3 ``ProviderInfo`` with an "OCM" service whose path
-  is the discovered ``endPoint`` and a "Webdav" service, like Reva's ``open`` authorizer.
-  Results are cached per domain; a failed lookup is INTERNAL, as in Reva.
-* Sending: ``POST <endPoint>/shares`` with the OCM 1.1 share JSON; the share is persisted
-  only after the remote answered 201.
-* Receiving: :func:`parse_incoming` validates the JSON the remote posted; the received share
-  keeps the owner's resource id (``providerId``) and site for mesh_collab.
+* Sending: :class:`~mesh_collab.cs3.gateway.providers.Discovery` POSTs the OCM 1.1 share
+  JSON, signed, to a trusted provider's ``endPoint``; the share is persisted only after
+  the remote answered 201.
+* Receiving: the HTTP side first finds which trusted provider signed the request
+  (``Discovery.signer_of``), then :func:`parse_incoming` validates the JSON against that
+  provider: the owner and sender are its users, the WebDAV ``uri`` is on its host, every
+  field is bounded. The received share keeps the owner's resource id (``providerId``);
+  ``ownerSite`` is kept as a display label only.
+* :class:`OcmStore` keeps both tables; a received share is never replaced by a later POST.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
 import sqlite3
@@ -23,143 +23,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-from cs3.ocm.provider.v1beta1 import resources_pb2 as prov_res
+from mesh_collab.tls import is_loopback
 
 from .db import MetaDB
-from .status import ALREADY_EXISTS, INTERNAL, INVALID_ARGUMENT, GatewayError
+from .providers import WEBDAV_PREFIX, Provider
+from .status import ALREADY_EXISTS, INVALID_ARGUMENT, PERMISSION_DENIED, GatewayError
 
-API_VERSION = "1.1.0"
-WEBDAV_PREFIX = "/remote.php/dav/ocm"
-_DOMAIN = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _PERMS = frozenset({"read", "write", "share"})
-
-
-def discovery_document(http_url: str, site: str) -> dict[str, Any]:
-    """Return the ``/.well-known/ocm`` document of a gateway."""
-    return {
-        "enabled": True,
-        "apiVersion": API_VERSION,
-        "endPoint": f"{http_url}/ocm",
-        "provider": f"mesh_collab ({site})",
-        "resourceTypes": [
-            {"name": "file", "shareTypes": ["user"], "protocols": {"webdav": WEBDAV_PREFIX}}
-        ],
-        "capabilities": ["/shares"],
-    }
-
-
-def check_domain(domain: str) -> str:
-    """Return ``domain`` if it is a bare ``host[:port]``.
-
-    Raises:
-        GatewayError: INVALID_ARGUMENT otherwise (schemes, paths, userinfo...).
-    """
-    if not domain or not _DOMAIN.match(domain):
-        raise GatewayError(INVALID_ARGUMENT, f"not a domain: {domain!r}")
-    return domain
-
-
-def provider_info(domain: str, doc: dict[str, Any]) -> prov_res.ProviderInfo:
-    """Build the CS3 ``ProviderInfo`` of a discovery document.
-
-    Raises:
-        GatewayError: INTERNAL if the document lacks an ``endPoint``.
-    """
-    endpoint = doc.get("endPoint") if isinstance(doc, dict) else None
-    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-        raise GatewayError(INTERNAL, f"OCM discovery of {domain} has no endPoint")
-    name = str(doc.get("provider") or domain)
-    version = str(doc.get("apiVersion") or "")
-    base = "{0.scheme}://{0.netloc}".format(urlsplit(endpoint))
-    webdav = WEBDAV_PREFIX
-    for rtype in doc.get("resourceTypes") or []:
-        if isinstance(rtype, dict) and isinstance(rtype.get("protocols"), dict):
-            webdav = str(rtype["protocols"].get("webdav") or webdav)
-            break
-    webdav_url = webdav if webdav.startswith("http") else base + "/" + webdav.lstrip("/")
-
-    def service(kind: str, path: str) -> prov_res.Service:
-        return prov_res.Service(
-            host=domain,
-            endpoint=prov_res.ServiceEndpoint(
-                type=prov_res.ServiceType(name=kind, description=f"{kind} service"),
-                name=f"{name} - {kind}",
-                path=path,
-                is_monitored=True,
-            ),
-            api_version=version,
-        )
-
-    return prov_res.ProviderInfo(
-        name=name, full_name=name, domain=domain,
-        services=[service("OCM", endpoint), service("Webdav", webdav_url)],
-    )
-
-
-def ocm_endpoint(info: prov_res.ProviderInfo) -> str:
-    """Return the path of the service whose type is "OCM" (ocminvitemanager GetOCMEndpoint)."""
-    for svc in info.services:
-        if svc.endpoint.type.name == "OCM" and svc.endpoint.path:
-            return str(svc.endpoint.path)
-    return ""
-
-
-class Discovery:
-    """Live OCM discovery with a per-domain cache, and the outgoing HTTP calls."""
-
-    def __init__(self, session: aiohttp.ClientSession, log: logging.Logger) -> None:
-        self._session = session
-        self._log = log
-        self._cache: dict[str, prov_res.ProviderInfo] = {}
-
-    def known(self) -> list[prov_res.ProviderInfo]:
-        """Return the providers discovered so far."""
-        return list(self._cache.values())
-
-    async def lookup(self, domain: str) -> prov_res.ProviderInfo:
-        """Return the ProviderInfo of ``domain``, discovering it on first use.
-
-        Raises:
-            GatewayError: INVALID_ARGUMENT for a malformed domain, INTERNAL when the
-                discovery fails (as Reva's provider authorizer).
-        """
-        check_domain(domain)
-        cached = self._cache.get(domain)
-        if cached is not None:
-            return cached
-        url = f"http://{domain}/.well-known/ocm"
-        try:
-            async with self._session.get(url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise GatewayError(INTERNAL, f"OCM discovery of {domain}: HTTP {resp.status}")
-                doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self._log.warning("op=GetInfoByDomain domain=%s discovery failed: %r", domain, exc)
-            raise GatewayError(INTERNAL, f"error getting provider info for {domain}") from exc
-        info = provider_info(domain, doc)
-        self._cache[domain] = info
-        self._log.info("op=GetInfoByDomain domain=%s discovered", domain)
-        return info
-
-    async def post_share(self, endpoint: str, payload: dict[str, Any]) -> tuple[int, Any]:
-        """POST an OCM share to ``<endpoint>/shares``; return (HTTP status, JSON body).
-
-        Raises:
-            GatewayError: INTERNAL if the remote cannot be reached.
-        """
-        url = endpoint.rstrip("/") + "/shares"
-        try:
-            async with self._session.post(url, json=payload, allow_redirects=False) as resp:
-                text = await resp.text()
-                try:
-                    body = json.loads(text) if text else {}
-                except ValueError:
-                    body = {"message": text[:200]}
-                return resp.status, body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._log.warning("op=CreateOCMShare remote=%s unreachable: %r", url, exc)
-            raise GatewayError(INTERNAL, "remote OCM provider unreachable") from exc
+_MAX_NAME = 255
+_MAX_ID = 1024
+_MAX_SECRET = 256
+_MAX_URI = 2048
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+# A secret travels in URL paths and Authorization headers: URL-safe characters only.
+_SECRET = re.compile(r"^[A-Za-z0-9._~+=-]+$")
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,66 +62,112 @@ class IncomingShare:
         return self.owner.rpartition("@")[2]
 
 
-def parse_incoming(body: Any) -> IncomingShare:
-    """Validate an incoming OCM share (OCM API 1.1 ``POST /shares``).
+def _bad(message: str) -> GatewayError:
+    return GatewayError(INVALID_ARGUMENT, message, http=400)
+
+
+def _foreign(message: str) -> GatewayError:
+    return GatewayError(PERMISSION_DENIED, message, http=403)
+
+
+def parse_incoming(body: Any, signer: Provider) -> IncomingShare:
+    """Validate an incoming OCM share (OCM API 1.1 ``POST /shares``) that ``signer`` sent.
 
     Raises:
-        ValueError: with a message naming the offending field.
+        GatewayError: INVALID_ARGUMENT (400) naming a malformed or oversized field;
+            PERMISSION_DENIED (403) when the share speaks for another provider: an owner or
+            sender of another domain, a WebDAV uri on another host.
     """
     if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
+        raise _bad("body must be a JSON object")
 
-    def text(key: str, *, required: bool = True) -> str:
+    def text(key: str, limit: int, *, required: bool = True) -> str:
         value = body.get(key)
         if value is None and not required:
             return ""
         if not isinstance(value, str) or (required and not value.strip()):
-            raise ValueError(f"field {key!r} must be a non-empty string")
+            raise _bad(f"field {key!r} must be a non-empty string")
+        if len(value) > limit or _CONTROL.search(value):
+            raise _bad(f"field {key!r} must be at most {limit} characters, none a control")
         return value
 
-    share_with = text("shareWith")
-    name = text("name")
-    provider_id = text("providerId")
-    owner = text("owner")
-    sender = text("sender", required=False) or owner
-    if "@" not in owner or not owner.rpartition("@")[2]:
-        raise ValueError("field 'owner' must be user@domain")
-    if text("shareType", required=False) not in ("", "user"):
-        raise ValueError("only shareType 'user' is supported")
-    rtype = text("resourceType", required=False) or "file"
+    share_with = text("shareWith", _MAX_NAME)
+    name = text("name", _MAX_NAME)
+    if "/" in name or "\\" in name or name.strip() in (".", ".."):
+        raise _bad("field 'name' must be a plain file name")
+    provider_id = text("providerId", _MAX_ID)
+    owner = _user_of(signer, "owner", text("owner", _MAX_NAME))
+    sender = _user_of(signer, "sender", text("sender", _MAX_NAME, required=False) or owner)
+    if text("shareType", _MAX_NAME, required=False) not in ("", "user"):
+        raise _bad("only shareType 'user' is supported")
+    rtype = text("resourceType", _MAX_NAME, required=False) or "file"
     if rtype not in ("file", "folder"):
-        raise ValueError("resourceType must be 'file' or 'folder'")
-    protocol = body.get("protocol")
+        raise _bad("resourceType must be 'file' or 'folder'")
+    webdav = _webdav_options(body.get("protocol"))
+    secret = webdav.get("sharedSecret")
+    if not isinstance(secret, str) or len(secret) > _MAX_SECRET or not _SECRET.match(secret):
+        raise _bad(f"webdav.sharedSecret must be 1 to {_MAX_SECRET} URL-safe characters")
+    perms = webdav.get("permissions") or ["read"]
+    if not isinstance(perms, list) or not all(isinstance(p, str) and p in _PERMS for p in perms):
+        raise _bad("webdav.permissions must be a list of read, write, share")
+    owner_site = body.get("ownerSite")
+    if owner_site is not None and (not isinstance(owner_site, str)
+                                   or not _SITE.match(owner_site)):
+        raise _bad("ownerSite must be a short plain name")
+    return IncomingShare(
+        share_with=share_with, name=name, provider_id=provider_id, owner=owner, sender=sender,
+        resource_type=rtype, secret=secret, permissions=tuple(perms),
+        uri=_webdav_uri(signer, webdav.get("uri"), secret), owner_site=owner_site or signer.domain,
+    )
+
+
+def _user_of(signer: Provider, field: str, user: str) -> str:
+    """``user@domain`` of a user of the signing provider."""
+    local, at, domain = user.rpartition("@")
+    if not at or not local or not domain:
+        raise _bad(f"field {field!r} must be user@domain")
+    if domain.lower() != signer.domain:
+        raise _foreign(f"field {field!r} names a user of another provider than the sender")
+    return f"{local}@{signer.domain}"
+
+
+def _webdav_options(protocol: Any) -> dict[str, Any]:
     if not isinstance(protocol, dict):
-        raise ValueError("field 'protocol' must be an object")
+        raise _bad("field 'protocol' must be an object")
     if protocol.get("name") == "webdav" and isinstance(protocol.get("options"), dict):
         webdav = protocol["options"]  # OCM 1.0 form
     else:
         webdav = protocol.get("webdav")
     if not isinstance(webdav, dict):
-        raise ValueError("protocol must carry webdav options")
-    secret = webdav.get("sharedSecret")
-    if not isinstance(secret, str) or not secret:
-        raise ValueError("webdav.sharedSecret must be a non-empty string")
-    perms = webdav.get("permissions") or ["read"]
-    if not isinstance(perms, list) or not all(isinstance(p, str) and p in _PERMS for p in perms):
-        raise ValueError("webdav.permissions must be a list of read, write, share")
-    uri = webdav.get("uri") or ""
-    if not isinstance(uri, str):
-        raise ValueError("webdav.uri must be a string")
-    domain = owner.rpartition("@")[2]
-    if not uri.startswith(("http://", "https://")):
-        if uri.startswith("/"):
-            tail = uri.lstrip("/")
-        else:
-            tail = f"{WEBDAV_PREFIX.lstrip('/')}/{uri or secret}"
-        uri = f"http://{domain}/{tail}"
-    owner_site = body.get("ownerSite")
-    return IncomingShare(
-        share_with=share_with, name=name, provider_id=provider_id, owner=owner, sender=sender,
-        resource_type=rtype, secret=secret, permissions=tuple(perms), uri=uri,
-        owner_site=owner_site if isinstance(owner_site, str) and owner_site else domain,
-    )
+        raise _bad("protocol must carry webdav options")
+    return webdav
+
+
+def _webdav_uri(signer: Provider, uri: Any, secret: str) -> str:
+    """The absolute WebDAV uri of a share: on the signer's host, https unless loopback."""
+    if uri is None:
+        uri = ""
+    if not isinstance(uri, str) or len(uri) > _MAX_URI or not _PRINTABLE.match(uri):
+        raise _bad(f"webdav.uri must be a printable string of at most {_MAX_URI} characters")
+    if not uri.lower().startswith(("http://", "https://")):
+        if "://" in uri or uri.startswith("//"):
+            raise _bad("webdav.uri must be an http(s) URL or a path")
+        tail = uri.lstrip("/") if uri.startswith("/") else \
+            f"{WEBDAV_PREFIX.lstrip('/')}/{uri or secret}"
+        return f"{signer.base_url}/{tail}"
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        _ = parts.port  # raises for a malformed port
+    except ValueError:
+        raise _bad("webdav.uri is not a valid URL") from None
+    if not host or parts.username is not None or parts.password is not None:
+        raise _bad("webdav.uri must name a host and no credentials")
+    if parts.scheme.lower() != "https" and not is_loopback(host):
+        raise _bad("webdav.uri must be https")
+    if parts.netloc.lower() not in signer.authorities:
+        raise _foreign("webdav.uri is not on the sending provider's host")
+    return uri
 
 
 class OcmStore:
@@ -300,18 +225,19 @@ class OcmStore:
         self._db.execute("DELETE FROM ocm_sent WHERE id = ?", (share_id,))
 
     def add_received(self, grantee: str, share: IncomingShare, state: int) -> sqlite3.Row:
-        """Store (or refresh, when re-sent) a received share; return its row."""
+        """Store a received share; return its row.
+
+        An existing share of the same (grantee, owner domain, providerId) is never replaced
+        nor reset: its uri, secret and state stay as they are.
+
+        Raises:
+            GatewayError: ALREADY_EXISTS (HTTP 409) when that share is already there.
+        """
         owner_user, _, owner_domain = share.owner.rpartition("@")
         creator_user, _, creator_domain = share.sender.rpartition("@")
+        share_id = str(uuid.uuid4())
         now = time.time()
-        with self._db.transaction():
-            row = self._db.one(
-                "SELECT id FROM ocm_received WHERE grantee = ? AND owner_idp = ? "
-                "AND remote_share_id = ?",
-                (grantee, owner_domain, share.provider_id),
-            )
-            share_id = str(row["id"]) if row is not None else str(uuid.uuid4())
-            self._db.execute("DELETE FROM ocm_received WHERE id = ?", (share_id,))
+        try:
             self._db.execute(
                 "INSERT INTO ocm_received (id, grantee, name, remote_share_id, owner_idp, "
                 "owner_opaque, creator_idp, creator_opaque, uri, secret, permissions, "
@@ -322,6 +248,8 @@ class OcmStore:
                  share.secret, json.dumps(list(share.permissions)), share.resource_type,
                  share.provider_id, share.owner_site, state, now, now),
             )
+        except sqlite3.IntegrityError as exc:
+            raise GatewayError(ALREADY_EXISTS, "share already exists", http=409) from exc
         found = self.received(share_id)
         assert found is not None
         return found

@@ -20,7 +20,7 @@ from cs3.storage.provider.v1beta1 import resources_pb2 as res
 
 from ...resources import ResourceId
 from .core import plain, rpc
-from .ocm import new_secret, ocm_endpoint
+from .ocm import new_secret
 from .sharing import _READ, _WRITE, SharingRpcs, _received_update, _ts
 from .status import (
     ALREADY_EXISTS,
@@ -40,9 +40,10 @@ class OcmRpcs(SharingRpcs):
 
     @rpc(prov_api.GetInfoByDomainResponse)
     async def GetInfoByDomain(self, req: prov_api.GetInfoByDomainRequest, user: Any) -> Any:
-        """GetInfoByDomain: live discovery; INTERNAL when the domain does not answer."""
-        info = await self.core.discovery.lookup(req.domain)
-        return prov_api.GetInfoByDomainResponse(provider_info=info)
+        """GetInfoByDomain: live discovery of a trusted provider; PERMISSION_DENIED for any
+        other domain (no request leaves), INTERNAL when the domain does not answer."""
+        provider = await self.core.discovery.lookup(req.domain)
+        return prov_api.GetInfoByDomainResponse(provider_info=provider.info)
 
     @rpc(prov_api.ListAllProvidersResponse, public=True)
     async def ListAllProviders(self, req: prov_api.ListAllProvidersRequest, _: None) -> Any:
@@ -51,7 +52,9 @@ class OcmRpcs(SharingRpcs):
 
     @rpc(prov_api.IsProviderAllowedResponse, public=True)
     async def IsProviderAllowed(self, req: prov_api.IsProviderAllowedRequest, _: None) -> Any:
-        """IsProviderAllowed: every provider is allowed (Reva's "open" authorizer)."""
+        """IsProviderAllowed: OK for a trusted provider's domain, PERMISSION_DENIED for any
+        other (Reva's ``json`` ocmproviderauthorizer)."""
+        self.core.discovery.trusted.require(req.provider.domain)
         return prov_api.IsProviderAllowedResponse()
 
     # ---- OCM shares -----------------------------------------------------------------------
@@ -67,13 +70,7 @@ class OcmRpcs(SharingRpcs):
             raise GatewayError(INVALID_ARGUMENT, "grantee must be a federated user id")
         if core.ocm.sent_by_key(node_id, grantee.idp, grantee.opaque_id) is not None:
             raise GatewayError(ALREADY_EXISTS, "OCM share already exists")
-        endpoint = ocm_endpoint(req.recipient_mesh_provider)
-        if not endpoint:
-            # Reva requires recipient_mesh_provider; we fall back to discovering the
-            # grantee's idp, which is the remote domain.
-            endpoint = ocm_endpoint(await core.discovery.lookup(grantee.idp))
-        if not endpoint:
-            raise GatewayError(INVALID_ARGUMENT, "recipient provider has no OCM endpoint")
+        provider = await core.discovery.lookup(grantee.idp)
         writable = any(
             m.webdav_options.permissions.initiate_file_upload
             for m in req.access_methods if m.HasField("webdav_options")
@@ -100,7 +97,7 @@ class OcmRpcs(SharingRpcs):
             # mesh_collab extension (ignored by other OCM servers): the owner's site name.
             "ownerSite": core.site,
         }
-        status, body = await core.discovery.post_share(endpoint, payload)
+        status, body = await core.discovery.post_share(provider, payload)
         if status != 201:
             raise _remote_refusal(status, body)
         recipient = str(body.get("recipientDisplayName", "")) if isinstance(body, dict) else ""

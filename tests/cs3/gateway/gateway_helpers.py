@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cs3.gateway.v1beta1 import gateway_api_pb2 as gw
 from cs3.gateway.v1beta1 import gateway_api_pb2_grpc as gw_grpc
 from cs3.identity.user.v1beta1 import user_api_pb2 as user_api
@@ -20,7 +22,7 @@ from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as res
 from cs3.types.v1beta1 import types_pb2
 
-from mesh_collab.cs3.gateway import EmbeddedGateway
+from mesh_collab.cs3.gateway import EmbeddedGateway, signatures
 
 PASSWORDS = {"einstein": "relativity", "marie": "radioactivity", "richard": "superfluidity"}
 OK = code_pb2.CODE_OK
@@ -117,6 +119,73 @@ async def connect(gateway: EmbeddedGateway, username: str = "einstein") -> Async
         yield Session(gateway, stub, http, auth.token, auth.user)
 
 
+# ---- OCM between providers ------------------------------------------------------------
+
+
+def trust_each_other(*gateways: EmbeddedGateway) -> None:
+    """Make running gateways trust each other as OCM providers (their domains derive from
+    their ports, so this comes after they started)."""
+    for one in gateways:
+        one.trusted_providers = {o.domain for o in gateways if o is not one}
+
+
+@dataclass(frozen=True)
+class Signer:
+    """What signs a gateway's OCM requests: its key and the keyId it publishes."""
+
+    key: Ed25519PrivateKey
+    key_id: str
+
+
+async def signer_of(gateway: EmbeddedGateway) -> Signer:
+    """The gateway's own signing key (``<root>/ocm_signing_key.pem``) and its published
+    ``publicKey.keyId`` (read from ``/.well-known/ocm``)."""
+    key = signatures.load_or_create_key(gateway.root / signatures.KEY_FILE)
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{gateway.http_url}/.well-known/ocm") as r:
+        assert r.status == 200
+        doc = await r.json()
+    assert doc["publicKey"]["publicKeyPem"] == signatures.public_pem(key)
+    return Signer(key, doc["publicKey"]["keyId"])
+
+
+def share_body(origin: EmbeddedGateway, *, share_with: str = "marie",
+               provider_id: str = "storage$space!node", secret: str = "s3cret-1",
+               uri: str | None = None, **fields: Any) -> dict[str, Any]:
+    """An OCM 1.1 share as ``origin`` would POST it (einstein shares a notebook); ``fields``
+    replace or add top-level fields."""
+    owner = f"einstein@{origin.domain}"
+    body: dict[str, Any] = {
+        "shareWith": share_with, "name": "nb.ipynb", "providerId": provider_id,
+        "owner": owner, "sender": owner, "shareType": "user", "resourceType": "file",
+        "protocol": {"name": "multi", "webdav": {
+            "sharedSecret": secret, "permissions": ["read"],
+            "uri": uri if uri is not None else f"{origin.http_url}/remote.php/dav/ocm/{secret}",
+        }},
+        "ownerSite": origin.site,
+    }
+    body.update(fields)
+    return body
+
+
+def signed(signer: Signer, url: str, body: bytes, *,
+           created: float | None = None) -> dict[str, str]:
+    """The headers of a signed ``POST url`` of ``body`` (JSON)."""
+    return {"Content-Type": "application/json",
+            **signatures.sign(signer.key, signer.key_id, "POST", url, body, created=created)}
+
+
+async def post_share(http: aiohttp.ClientSession, receiver: EmbeddedGateway,
+                     body: dict[str, Any] | bytes, signer: Signer | None, *,
+                     created: float | None = None) -> tuple[int, Any]:
+    """POST a share to ``receiver``'s ``/ocm/shares``, signed by ``signer`` unless None;
+    return (HTTP status, JSON answer)."""
+    url = f"{receiver.http_url}/ocm/shares"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = signed(signer, url, data, created=created) if signer is not None \
+        else {"Content-Type": "application/json"}
+    async with http.post(url, data=data, headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def share(s: Session, path: str, username: str, *, editor: bool) -> Any:

@@ -14,7 +14,16 @@ from cs3.sharing.ocm.v1beta1 import ocm_api_pb2 as ocm_api
 from cs3.sharing.ocm.v1beta1 import resources_pb2 as ocm_res
 from cs3.storage.provider.v1beta1 import provider_api_pb2 as sp
 from cs3.storage.provider.v1beta1 import resources_pb2 as res
-from gateway_helpers import OK, Session, connect, lock
+from gateway_helpers import (
+    OK,
+    Session,
+    connect,
+    lock,
+    post_share,
+    share_body,
+    signer_of,
+    trust_each_other,
+)
 from google.protobuf import field_mask_pb2
 
 from mesh_collab.cs3.gateway import EmbeddedGateway
@@ -27,6 +36,7 @@ NB = "/home/einstein/nb.ipynb"
 async def two_sites(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedGateway, EmbeddedGateway]]:
     async with EmbeddedGateway(root=tmp_path / "a", site="site-a") as a, \
             EmbeddedGateway(root=tmp_path / "b", site="site-b") as b:
+        trust_each_other(a, b)
         yield a, b
 
 
@@ -145,18 +155,24 @@ async def test_ocm_refusals(two_sites: tuple[EmbeddedGateway, EmbeddedGateway]) 
         assert unknown.status.code == c.CODE_NOT_FOUND
         sent = await einstein.call("ListOCMShares", ocm_api.ListOCMSharesRequest())
         assert list(sent.shares) == []  # not persisted when the remote refused
+        a.trusted_providers = {*a.trusted_providers, "127.0.0.1:1"}  # trusted, but dead
         for domain, code in [("127.0.0.1:1", c.CODE_INTERNAL),
+                             ("127.0.0.1:2", c.CODE_PERMISSION_DENIED),  # not trusted
                              ("http://evil/x", c.CODE_INVALID_ARGUMENT)]:
             info = await einstein.call("GetInfoByDomain",
                                        prov_api.GetInfoByDomainRequest(domain=domain))
-            assert info.status.code == code
+            assert info.status.code == code, domain
+    signer = await signer_of(a)
     async with aiohttp.ClientSession() as http:
         url = f"{b.http_url}/ocm/shares"
         async with http.post(url, data=b"not json") as r:
-            assert r.status == 400 and "message" in await r.json()
-        async with http.post(url, json={"shareWith": "marie@x"}) as r:
-            assert r.status == 400
+            assert r.status == 401 and "message" in await r.json()  # unsigned
+        assert (await post_share(http, b, b"not json", signer))[0] == 400
+        assert (await post_share(http, b, {"shareWith": "marie@x"}, signer))[0] == 400
+        assert (await post_share(http, b, share_body(a, share_with="nobody"), signer))[0] == 404
         async with http.get(f"{b.http_url}/.well-known/ocm") as r:
             doc = await r.json()
             assert doc["enabled"] and doc["endPoint"] == f"{b.http_url}/ocm"
             assert doc["resourceTypes"][0]["protocols"]["webdav"] == "/remote.php/dav/ocm"
+            assert doc["publicKey"]["keyId"] == f"{b.http_url}/ocm#signature"
+            assert "http-sig" in doc["capabilities"]
