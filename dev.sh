@@ -48,6 +48,11 @@ setup() {
         || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
         (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
     fi
+    # JupyterHub's proxy (configurable-http-proxy) for the hub site, from its lockfile.
+    if [ ! -f deploy/proxy/node_modules/.package-lock.json ] \
+        || [ deploy/proxy/package-lock.json -nt deploy/proxy/node_modules/.package-lock.json ]; then
+        (cd deploy/proxy && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 }
 
 cmd=${1:-test}

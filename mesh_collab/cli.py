@@ -28,11 +28,13 @@ Subcommands live in :data:`SUBCOMMANDS` (name → (configure parser, run)); toda
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +197,22 @@ async def _until_signal_or(event: anyio.Event, signals: Any, *, stdin_eof: bool)
             tg.cancel_scope.cancel()
 
         async def on_stdin_eof() -> None:
-            # Reads until EOF: the parent holding the pipe's other end exited.
-            await anyio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+            # Reads until EOF: the parent holding the pipe's other end exited. A daemon
+            # thread of its own: a worker thread left blocked in read() would keep the
+            # process from exiting after a signal, until its parent closed the pipe.
+            closed = anyio.Event()
+            loop = asyncio.get_running_loop()  # the mount runs on asyncio (pyfuse3)
+
+            def read_to_eof() -> None:
+                while os.read(sys.stdin.fileno(), 65536):
+                    pass
+                try:
+                    loop.call_soon_threadsafe(closed.set)
+                except RuntimeError:
+                    pass  # the loop has ended: the process is stopping anyway
+
+            threading.Thread(target=read_to_eof, name="stdin-eof", daemon=True).start()
+            await closed.wait()
             log.info("standard input closed, stopping")
             tg.cancel_scope.cancel()
 

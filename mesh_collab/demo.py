@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -88,15 +88,23 @@ class RunningSite:
     notebook: str = ""
     #: Where other nodes link to: ``https://127.0.0.1:<federation_port>/``.
     federation_url: str = ""
+    #: A hub site (``--hub``): the hub's URL, and per user (their server's URL, a token).
+    hub: str = ""
+    servers: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def line(self) -> dict[str, str]:
-        return {
+    def line(self) -> dict[str, Any]:
+        line: dict[str, Any] = {
             "site": self.spec.name,
             "url": self.url,
             "token": self.token,
             "user": self.spec.user,
             "notebook": self.notebook,
         }
+        if self.hub:
+            line["hub"] = self.hub
+            line["users"] = {name: {"url": url, "token": token}
+                             for name, (url, token) in self.servers.items()}
+        return line
 
 
 @asynccontextmanager
@@ -112,12 +120,17 @@ async def jupyter_lab(
     for sub in ("runtime", "config", "data", "lab-root"):
         (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / sub).chmod(0o700)
+    # The node's default user comes as a CS3 token (renewed by the node, for at most the
+    # login's maximum age), never as a password: the server keeps no password.
+    async with CS3Client(gateway.grpc_url, ca_file=ca.ca_file) as cs3:
+        cs3_token, _ = await cs3.authenticate("basic", spec.user, PASSWORDS[spec.user])
     env = {
         **os.environ,
         "JUPYTER_RUNTIME_DIR": str(runtime),
         "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "MESH_COLLAB_CS3_PASSWORD": PASSWORDS[spec.user],
+        "MESH_COLLAB_CS3_TOKEN": cs3_token,
     }
+    env.pop("MESH_COLLAB_CS3_PASSWORD", None)
     args = [
         sys.executable, "-m", "jupyter", "lab", "--no-browser",
         # Jupyter refuses to run as root without it (a container); never asked otherwise.
@@ -144,7 +157,7 @@ async def jupyter_lab(
     ]
     # 0600: the server logs its URL with the token.
     log_path = str(root / "jupyter.log")
-    log_file = os.fdopen(_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+    log_file = os.fdopen(private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
     process = await anyio.open_process(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         url = await _announced_url(runtime, process, root / "jupyter.log")
@@ -228,7 +241,7 @@ async def run(args: argparse.Namespace) -> int:
     for spec in specs:
         (root / spec.name).mkdir(mode=0o700, exist_ok=True)
         (root / spec.name).chmod(0o700)
-        spec.federation_port = spec.federation_port or _free_port()
+        spec.federation_port = spec.federation_port or free_port()
     ca = _local_ca(root / "ca")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with AsyncExitStack() as stack:
@@ -249,17 +262,49 @@ async def run(args: argparse.Namespace) -> int:
                 }
             await seed(sites, ca)
             peers_file = root / "mesh.json"
-            for site in sites:
-                site.url, site.token = await stack.enter_async_context(
-                    jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file, ca)
-                )
-                site.federation_url = f"https://127.0.0.1:{site.spec.federation_port}/"
-            write_directory(peers_file, sites, root)
+            if args.hub:
+                await _start_with_hub(stack, sites, root, peers_file, ca)
+            else:
+                for site in sites:
+                    site.url, site.token = await stack.enter_async_context(
+                        jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file,
+                                    ca)
+                    )
+                    site.federation_url = f"https://127.0.0.1:{site.spec.federation_port}/"
+                write_directory(peers_file, sites, root)
             _announce(sites, root)
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 break
     return 0
+
+
+async def _start_with_hub(
+    stack: AsyncExitStack, sites: list[RunningSite], root: Path, peers_file: Path, ca: LocalCA
+) -> None:
+    """Site A as a JupyterHub (:mod:`mesh_collab.demo_hub`), the other sites as nodes.
+
+    The hub keeps the mesh directory (``peers_file``): its users' servers, then the other
+    sites, whose entries are written first (their nodes' keys are made before they start).
+    """
+    from mesh_collab import demo_hub  # JupyterHub only for --hub
+
+    hub_site, *others = sites
+    other_sites = root / "other-sites.json"
+    for site in others:
+        site.federation_url = f"https://127.0.0.1:{site.spec.federation_port}/"
+    write_directory(other_sites, others, root)
+    for site in others:
+        site.url, site.token = await stack.enter_async_context(
+            jupyter_lab(site.spec, site.gateway, root / site.spec.name, peers_file, ca)
+        )
+    hub = await stack.enter_async_context(demo_hub.hub_site(
+        hub_site.spec, hub_site.gateway, root / hub_site.spec.name / "hub", ca,
+        directory=peers_file, other_sites=other_sites,
+    ))
+    hub_site.hub = hub.url
+    hub_site.servers = hub.servers
+    hub_site.url, hub_site.token = hub.servers[hub_site.spec.user]
 
 
 def write_directory(path: Path, sites: list[RunningSite], root: Path) -> None:
@@ -278,7 +323,7 @@ def write_directory(path: Path, sites: list[RunningSite], root: Path) -> None:
         }
         for s in sites
     ]
-    with open(path, "w", opener=_private) as out:
+    with open(path, "w", opener=private) as out:
         out.write(json.dumps(entries, indent=1))
 
 
@@ -289,14 +334,14 @@ def _local_ca(folder: Path) -> LocalCA:
     return LocalCA.create(folder)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port free on loopback now (the node binds it a moment later)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _private(path: str, flags: int) -> int:
+def private(path: str, flags: int) -> int:
     """``open()``'s opener for a file that only its owner may read (0600, also when it was
     there before)."""
     fd = os.open(path, flags, 0o600)
@@ -308,6 +353,14 @@ def _announce(sites: list[RunningSite], root: Path) -> None:
     out = sys.stdout
     out.write("\nmesh_collab demo: two sites are running (Ctrl-C stops them)\n\n")
     for site in sites:
+        if site.hub:
+            out.write(f"  {site.spec.name}: {site.hub}  (a JupyterHub: log in as "
+                      "einstein/relativity or marie/radioactivity, each to their own server)\n")
+            for name, (url, token) in site.servers.items():
+                out.write(f"           as {name}, no login: {url}lab?token={token}\n")
+            out.write(f"           notebook: {site.notebook}"
+                      f"  (marie: {SHARED_FOLDER}/{NOTEBOOK})\n")
+            continue
         out.write(f"  {site.spec.name}: {site.url}  (log in as einstein/relativity, "
                   "marie/radioactivity or richard/superfluidity)\n")
         out.write(f"           as {site.spec.user}, no login: {site.url}lab?token={site.token}\n")
@@ -323,6 +376,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-base", type=int, default=0,
                         help="fixed ports: site A uses N..N+3, site B N+10..N+13 "
                         "(default: free ports)")
+    parser.add_argument("--hub", action="store_true",
+                        help="run site A as a JupyterHub with one server per user "
+                        "(docs/deploy.md)")
     parser.add_argument("--root", default=None,
                         help="folder for the sites' storage and logs (default: a new temporary "
                         "folder)")

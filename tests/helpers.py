@@ -46,9 +46,9 @@ async def until(predicate: Callable[[], Any], *docs: Doc) -> None:
             d.unobserve(s)
 
 
-async def eventually(check: Callable[[], Any], *, every: float = 0.05) -> Any:
-    """Poll storage (which has no change events) until ``check()`` is truthy."""
-    with anyio.fail_after(10):
+async def eventually(check: Callable[[], Any], *, every: float = 0.05, within: float = 10) -> Any:
+    """Poll what has no change events (storage, a process) until ``check()`` is truthy."""
+    with anyio.fail_after(within):
         while True:
             result = await check()
             if result:

@@ -69,3 +69,22 @@ def test_a_nonce_is_accepted_once_and_only_near_now() -> None:
     assert not nonces.fresh("n2", 900.0, now=1000.0)  # too old
     assert not nonces.fresh("n3", 1100.0, now=1000.0)  # from the future
     assert nonces.fresh("n1", 1500.0, now=1500.0)  # forgotten once its time is out
+
+
+def test_other_sites_link_to_the_server_of_a_documents_owner(tmp_path: Path) -> None:
+    # A hub site: one server per user, each naming the CS3 user it acts for.
+    directory = MeshDirectory.from_config([
+        {"site": "a", "domain": "a.example", "nodes": [
+            {"id": "marie", "url": "https://hub.a.example/user/marie/",
+             "key": public(tmp_path, "m"), "user": "opaque-marie"},
+            {"id": "einstein", "url": "https://hub.a.example/user/einstein/",
+             "key": public(tmp_path, "e"), "user": "opaque-einstein"},
+        ]},
+    ])
+    site = directory.site("a")
+    assert site is not None and site.entry is not None and site.entry.id == "marie"
+    owners = site.for_owner("opaque-einstein")
+    assert owners.entry is not None and owners.entry.id == "einstein"
+    assert owners.url == "https://hub.a.example/user/einstein/"
+    assert [n.id for n in owners.nodes] == ["einstein", "marie"]  # every node still known
+    assert site.for_owner("opaque-nobody") is site  # no server of theirs: the first node

@@ -208,13 +208,23 @@ class Login:
                               "when its token expires", self._client_id, code)
         self._renewable = False
 
-    def _take(self, token: str, user: User) -> None:
+    def resume(self, token: str) -> None:
+        """Start from ``token``, a token of this login given from outside (no call is made).
+
+        It is renewed like a token this login got itself: a hub-spawned server's token.
+        """
+        self._take(token, None)
+        self._renewable = True
+
+    def _take(self, token: str, user: User | None) -> None:
         iat, exp = _token_times(token)
-        self._token, self.user, self._expires = token, user, exp
+        self._token, self._expires = token, exp
         margin = min(self.RENEW_MARGIN, max(0.0, exp - iat) / 2)
         self._renew_at = exp - margin if exp else float("inf")
-        if user.username and not self._client_id:
-            self._client_id = user.username
+        if user is not None:
+            self.user = user
+            if user.username and not self._client_id:
+                self._client_id = user.username
 
     def __repr__(self) -> str:
         return f"Login({self._auth_type!r}, {self._client_id!r}, <hidden>)"
@@ -451,6 +461,18 @@ class CS3Client(anyio.AsyncContextManagerMixin):
         creds = Login(self, "bearer", "", access_token)
         await creds.token()
         return Session(self, creds, user=creds.user)
+
+    def resume(self, token: str) -> Session:
+        """Return a session for an existing token, renewed like :meth:`login`'s (no call).
+
+        For a token handed over from outside, such as a JupyterHub-spawned server's: the
+        ``bearer`` exchange renews it shortly before it expires, as long as the gateway
+        extends it (a token that is no JWT, or a gateway without the exchange, serves
+        until it expires, as with :meth:`session`).
+        """
+        creds = Login(self, "bearer", "", "")
+        creds.resume(token)
+        return Session(self, creds)
 
     def session(self, token: str | TokenSource) -> Session:
         """Return a session for an existing token (no call is made)."""

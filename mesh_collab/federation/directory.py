@@ -7,7 +7,9 @@ It comes from configuration (``MeshCollabApp.peers``), one entry per site::
 
 ``domain`` is the site's CS3/OCM domain (what OCM shares from that site name as the owner's
 identity provider). Each node has an ``id`` (its ``MeshCollabApp.node_id``), the ``url`` other
-nodes link to, and its public ``key`` (or ``keys``, a list, while a key is rotated). A site
+nodes link to, and its public ``key`` (or ``keys``, a list, while a key is rotated); a node
+that serves one CS3 user only (a JupyterHub user's server) names that user's opaque id as
+``user``, and other sites link to it for that user's documents. A site
 with one node may write that node's fields in the site's entry: ``{"site", "domain", "url",
 "node", "key"}``. The first node of a site is where other sites link to.
 
@@ -28,6 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mesh_collab.federation.keys import parse_public
 from mesh_collab.tls import is_loopback
 
+#: Where a node finds its directory (``@<file>`` or the JSON) and its own id, when not
+#: configured otherwise.
+PEERS_ENV = "MESH_COLLAB_PEERS"
+NODE_ID_ENV = "MESH_COLLAB_NODE_ID"
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -36,6 +43,9 @@ class Node:
     id: str
     url: str
     keys: tuple[Ed25519PublicKey, ...] = field(default=(), compare=False)
+    #: The CS3 user (opaque id) this node acts for, when it serves one user only (a
+    #: JupyterHub user's server); "" for a node of many users.
+    user: str = ""
 
     def __repr__(self) -> str:
         return f"Node({self.id!r}, url={self.url!r})"
@@ -53,6 +63,18 @@ class Site:
     def node(self, node_id: str) -> Node | None:
         """The node of this site called ``node_id``."""
         return next((n for n in self.nodes if n.id == node_id), None)
+
+    def for_owner(self, opaque_id: str) -> Site:
+        """This site with the node acting for user ``opaque_id`` first, if it lists one.
+
+        Another site links to a document's home through the site's first node; at a site of
+        one server per user (a hub), that is the owner's own server.
+        """
+        own = [n for n in self.nodes if n.user and n.user == opaque_id]
+        if not own:
+            return self
+        rest = tuple(n for n in self.nodes if n not in own)
+        return Site(self.name, own[0].url, self.domain, (own[0], *rest))
 
     @property
     def entry(self) -> Node | None:
@@ -87,7 +109,8 @@ def _node(entry: Mapping[str, Any], where: str, default_id: str = "") -> Node:
         keys = tuple(parse_public(t) for t in texts)
     except ValueError as exc:
         raise ValueError(f"{where}: node {node_id!r}: {exc}") from exc
-    return Node(node_id, _url(entry.get("url"), where), keys)
+    user = str(entry.get("user") or "")
+    return Node(node_id, _url(entry.get("url"), where), keys, user)
 
 
 class MeshDirectory:

@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PREFIX = "ed25519:"
+#: Where a node finds its key (PEM) when a hub hands it over; the node moves it into its
+#: key file and out of its environment.
+NODE_KEY_ENV = "MESH_COLLAB_NODE_KEY"
 
 
 def load_or_create(path: Path) -> Ed25519PrivateKey:
@@ -38,15 +41,45 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
     except FileNotFoundError:
         key = Ed25519PrivateKey.generate()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+            out.write(pem(key))
         return key
     loaded = serialization.load_pem_private_key(data, password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
+    return loaded
+
+
+def pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as PEM (PKCS#8, unencrypted): what a key file holds."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def store(path: Path, data: bytes) -> Ed25519PrivateKey:
+    """Keep the key ``data`` (PEM) in ``path``, mode 0600, replacing what is there.
+
+    For a key handed over from outside (a hub gives each user's server its node key).
+
+    Raises:
+        ValueError: ``data`` is not an Ed25519 private key.
+    """
+    loaded = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 private key")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.read_bytes() == data:
+            return loaded
+    except FileNotFoundError:
+        pass
+    temporary = path.with_name(path.name + ".new")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    temporary.replace(path)
     return loaded
 
 

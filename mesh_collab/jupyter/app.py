@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import ssl
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -60,7 +61,8 @@ from traitlets.config import Config
 from mesh_collab import errors
 from mesh_collab.cs3.client import CS3Client, Session
 from mesh_collab.federation import keys
-from mesh_collab.federation.directory import MeshDirectory
+from mesh_collab.federation.directory import NODE_ID_ENV, PEERS_ENV, MeshDirectory
+from mesh_collab.federation.keys import NODE_KEY_ENV
 from mesh_collab.jupyter.contents import CS3ContentsManager
 from mesh_collab.jupyter.fileids import DEFAULT_HOME_TEMPLATE
 from mesh_collab.jupyter.identity import CS3IdentityProvider, Sessions
@@ -153,6 +155,15 @@ def persistent_node_id(data_dir: Path) -> str:
     return node_id
 
 
+def _is_hub_identity(cls: Any) -> bool:
+    """Whether ``cls`` is JupyterHub's single-user identity provider (or ours, derived)."""
+    return isinstance(cls, type) and any(
+        base.__name__ == "JupyterHubIdentityProvider"
+        and base.__module__.startswith("jupyterhub.")
+        for base in cls.__mro__
+    )
+
+
 def _env(name: str, fallback: str) -> str:
     return os.environ.get(name) or fallback
 
@@ -211,6 +222,7 @@ class MeshCollabApp(ExtensionApp):
     cs3_username_env = "MESH_COLLAB_CS3_USERNAME"
     cs3_password_env = "MESH_COLLAB_CS3_PASSWORD"
     cs3_token_env = "MESH_COLLAB_CS3_TOKEN"
+    gateway_ca_env = "MESH_COLLAB_GATEWAY_CA"
 
     site = Unicode(
         help="""Name of this node's site (e.g. "cern", "jrc"). Shown to collaborators next to
@@ -226,11 +238,10 @@ class MeshCollabApp(ExtensionApp):
     ).tag(config=True)
 
     gateway_ca = Unicode(
-        "",
         help="""A CA bundle (PEM) that the gateway's certificate is verified with, for gRPC
         and the HTTP file transfers; setting it also turns TLS on for a "host:port" gateway.
-        Default "": the default roots (gRPC's bundled ones, the system's for HTTP).
-        Verification is never off.""",
+        Default MESH_COLLAB_GATEWAY_CA, or "": the default roots (gRPC's bundled ones, the
+        system's for HTTP). Verification is never off.""",
     ).tag(config=True)
 
     allow_insecure_gateway = Bool(
@@ -480,7 +491,7 @@ class MeshCollabApp(ExtensionApp):
 
     @default("peers")
     def _default_peers(self) -> str:
-        return _env("MESH_COLLAB_PEERS", "")
+        return _env(PEERS_ENV, "")
 
     @validate("peers")
     def _validate_peers(self, proposal: dict[str, Any]) -> str:
@@ -522,6 +533,10 @@ class MeshCollabApp(ExtensionApp):
     def _default_cs3_password(self) -> str:
         return _env(self.cs3_password_env, "")
 
+    @default("gateway_ca")
+    def _default_gateway_ca(self) -> str:
+        return _env(self.gateway_ca_env, "")
+
     @default("cs3_token")
     def _default_cs3_token(self) -> str:
         return _env(self.cs3_token_env, "")
@@ -532,7 +547,7 @@ class MeshCollabApp(ExtensionApp):
 
     @default("node_id")
     def _default_node_id(self) -> str:
-        return persistent_node_id(Path(self.data_dir))
+        return _env(NODE_ID_ENV, "") or persistent_node_id(Path(self.data_dir))
 
     @default("node_key")
     def _default_node_key(self) -> str:
@@ -675,6 +690,27 @@ class MeshCollabApp(ExtensionApp):
         self.ydoc_compat.log = self.log
         self.ydoc_compat.publish(serverapp.extension_manager)
         configured = serverapp.config.get("ServerApp", {})
+        if self.auth_mode == "multi-user":
+            # Every user of one server would get a shell as its OS user, reading the others'
+            # sessions and the node's keys: terminals are off, whatever is configured.
+            if configured.get("terminals_enabled"):
+                self.log.error("mesh_collab: multi-user mode turns terminals off "
+                               "(ServerApp.terminals_enabled = True is ignored); for shells, "
+                               "run a server per user (JupyterHub, docs/deploy.md)")
+            serverapp.terminals_enabled = False
+        if _is_hub_identity(configured.get("identity_provider_class")):
+            # A JupyterHub single-user server: the hub authenticates, and the node lets in
+            # its own CS3 user only (mesh_collab.jupyter.hub_identity).
+            from mesh_collab.jupyter.hub_identity import HubIdentityProvider
+
+            serverapp.update_config(
+                Config({"ServerApp": {"identity_provider_class": HubIdentityProvider}})
+            )
+            # JupyterHub stops a server with SIGINT. Without a terminal, jupyter_server
+            # leaves SIGINT to raise KeyboardInterrupt out of the loop, skipping every
+            # extension's stop (rooms would not checkpoint, the mount would stay): stop
+            # as on SIGTERM instead.
+            signal.signal(signal.SIGINT, serverapp._signal_stop)
         wanted = Config(
             {
                 "ServerApp": {
@@ -693,6 +729,27 @@ class MeshCollabApp(ExtensionApp):
         for name in SECRET_TRAITS:
             self.extension_config.pop(name, None)
 
+    def _take_handed_over_secrets(self) -> None:
+        """Take the secrets a hub hands over in the environment, then remove them from it.
+
+        The CS3 token (``MESH_COLLAB_CS3_TOKEN``, read by its trait) and the node key
+        (``MESH_COLLAB_NODE_KEY``, PEM, kept in ``node_key`` with mode 0600) leave
+        ``os.environ``, so the terminals and kernels this server starts do not inherit them
+        (kernels get a token of their own, :mod:`~.kernels`).
+
+        Raises:
+            TraitError: ``MESH_COLLAB_NODE_KEY`` is not an Ed25519 private key.
+        """
+        pem = os.environ.pop(NODE_KEY_ENV, "")
+        if pem:
+            try:
+                keys.store(Path(self.node_key), pem.encode())
+            except ValueError as exc:
+                raise TraitError(f"{NODE_KEY_ENV}: {exc}") from None
+        if os.environ.get(self.cs3_token_env):
+            _ = self.cs3_token  # its default comes from the variable: read it first
+            del os.environ[self.cs3_token_env]
+
     def initialize_settings(self) -> None:
         """Build the node's state and hand it to the contents manager and identity provider.
 
@@ -709,6 +766,7 @@ class MeshCollabApp(ExtensionApp):
         # 0700: the update log in it holds every document the node served, in clear.
         Path(self.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         install_log_redaction()
+        self._take_handed_over_secrets()
         # Tornado refuses a frame over its own limit (10 MiB unless set) before any handler
         # sees it: never below ours, so that max_message_size is the one number. Above it,
         # our rooms refuse the frame with the same close code.
@@ -744,7 +802,7 @@ class MeshCollabApp(ExtensionApp):
                 type(contents).__name__,
             )
         identity = self.serverapp.identity_provider
-        if isinstance(identity, CS3IdentityProvider):
+        if isinstance(identity, CS3IdentityProvider) or _is_hub_identity(type(identity)):
             identity.attach(self.state)
         else:
             self.log.warning(
@@ -853,7 +911,9 @@ class MeshCollabApp(ExtensionApp):
             StorageError: the gateway failed.
         """
         if self.cs3_token:
-            session = cs3.session(self.cs3_token)
+            # Renewed through the bearer exchange, as a login's: a hub-spawned server's
+            # token outlives its first hour.
+            session = cs3.resume(self.cs3_token)
             await session.whoami()
         elif self.cs3_username and self.cs3_password:
             # The password is configuration held for the node's life anyway: keep logging

@@ -161,7 +161,7 @@ async def home_of(state: Any, session: Any, rid: ResourceId) -> Site | None:
     site = state.config.directory().by_domain(share.owner.idp)
     if site is None:
         raise web.HTTPError(502, f"the owner's site {share.owner.idp!r} is not in the mesh")
-    return site  # type: ignore[no-any-return]
+    return site.for_owner(share.owner.opaque_id)  # type: ignore[no-any-return]
 
 
 async def _remote_writable(session: Any, rid: ResourceId) -> bool:

@@ -9,26 +9,18 @@ at the other, with the remote cursor (``.jp-remote-cursor``). Screenshots are sa
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import async_playwright
 
 from mesh_collab.cs3.client import Session
 from mesh_collab.cs3.models import Role, UserId
+from tests.browser import ARGS, ARTIFACTS, CHROMIUM, login, open_notebook, type_and_see
 from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import TOKEN, jupyter_process
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-VISIBLE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 NOTEBOOK = {
     "cells": [
         {"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {},
@@ -42,26 +34,6 @@ NOTEBOOK = {
 }
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
-
-
-async def login(page: Page, base: str, user: str, password: str) -> None:
-    await page.goto(f"{base}login")
-    await page.fill("input[name=username]", user)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit], input[type=submit]")
-    await page.wait_for_load_state()
-
-
-async def open_notebook(page: Page, base: str, workspace: str, path: str) -> None:
-    await page.goto(f"{base}lab/workspaces/{workspace}/tree/{quote(path)}?reset")
-    try:
-        await page.wait_for_selector(f"{VISIBLE} .jp-Cell .cm-content", timeout=90_000)
-    except Exception:
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / f"failed-open-{workspace}.png"))
-        raise
-    if await page.locator(".jp-Dialog").count():
-        await page.keyboard.press("Escape")
 
 
 async def test_two_users_co_edit_in_jupyterlab(
@@ -159,13 +131,3 @@ async def test_a_user_at_site_a_and_one_at_site_b_co_edit(
                 await browser.close()
 
 
-async def type_and_see(writer: Page, reader: Page, text: str) -> None:
-    await writer.click(f"{VISIBLE} .jp-Cell >> nth=0 >> .cm-content")
-    await writer.keyboard.press("End")
-    await writer.keyboard.type(text)
-    await reader.wait_for_function(
-        "m => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell "
-        ".cm-content').textContent.includes(m)",
-        arg=text.strip(),
-        timeout=30_000,
-    )

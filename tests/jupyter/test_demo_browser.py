@@ -28,7 +28,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, WebSocket, async_playwright
 
-from tests.jupyter.test_browser import ARGS, ARTIFACTS, CHROMIUM
+from tests.browser import ARGS, ARTIFACTS, CHROMIUM
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.browser]
 
@@ -264,7 +264,10 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             text = await content_of(second, f"{NOTEBOOK_CELL} .cm-content")
             assert text.count("# einstein at A") == 1 and text.count("# marie at B") == 1
 
-            # Log out, and log in as another user through the form.
+            # Log out, and log in as another user through the form. First close the first
+            # tab: it came with the token link, and its JupyterLab sends the token with
+            # every request, which sets the login cookie again for the whole browser.
+            await a.close()
             await second.goto(f"{base}logout")
             # The API with the browser's cookies (a goto here may race the page's own
             # navigation and answer None).

@@ -478,3 +478,23 @@ def test_sessions_without_limits_never_end() -> None:
     assert sessions.for_key("marie", key) is not None
     sessions.set_lifetimes(max_age=10, idle_timeout=0)
     assert sessions.for_key("marie", key) is None and "marie" not in sessions
+
+
+async def test_multi_user_mode_gives_nobody_a_terminal(gateway: Any, node_factory: Any) -> None:
+    """The review's probe: marie logs in and asks for a terminal (a shell as the server's
+    OS user, which could read the other users' sessions and the node's keys)."""
+    with_terminals = {
+        "jpserver_extensions": {"mesh_collab.jupyter": True, "jupyter_server_terminals": True},
+        "terminals_enabled": True,
+    }
+    multi = await node_factory(gateway, auth_mode="multi-user", server_config=with_terminals)
+    assert multi.app.terminals_enabled is False
+    async with browser() as http:
+        assert (await multi.login(http, "marie", "radioactivity")).status_code == 302
+        xsrf = http.cookies.get("_xsrf", "")
+        created = await multi.api("POST", "terminals", http=http, headers={"X-XSRFToken": xsrf})
+        assert created.status_code == 404, created.text
+    # A single-user node (one user, the normal Jupyter model) keeps its terminals.
+    single = await node_factory(gateway, server_config=with_terminals)
+    assert single.app.terminals_enabled is True
+    assert (await single.api("GET", "terminals")).status_code == 200

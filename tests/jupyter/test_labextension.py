@@ -15,7 +15,6 @@ The state logic's unit tests (``labextension/src/__tests__``) run here too.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -28,18 +27,12 @@ import pytest
 from playwright.async_api import Page, async_playwright
 
 from mesh_collab.cs3.models import Lock
+from tests.browser import ARGS, ARTIFACTS, CHROMIUM, VISIBLE, login, type_and_see
 from tests.helpers import mesh_node, mesh_site, write_mesh
 from tests.jupyter.conftest import TOKEN, jupyter_process
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEXTENSION = ROOT / "labextension"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-VISIBLE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 SIZE = {"width": 1400, "height": 860}
 
 
@@ -69,14 +62,6 @@ def test_state_logic_unit_tests() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# fail 0" in result.stdout
-
-
-async def login(page: Page, base: str, user: str, password: str) -> None:
-    await page.goto(f"{base}login")
-    await page.fill("input[name=username]", user)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit]")
-    await page.wait_for_load_state()
 
 
 async def open_lab(page: Page, base: str, workspace: str, path: str = "") -> None:
@@ -125,17 +110,6 @@ async def status(page: Page, kind: str, wait_ms: float = 10_000) -> str:
     await item.wait_for(timeout=wait_ms)
     return await item.inner_text()
 
-
-async def type_and_see(writer: Page, reader: Page, text: str) -> None:
-    await writer.click(f"{VISIBLE} .jp-Cell >> nth=0 >> .cm-content")
-    await writer.keyboard.press("End")
-    await writer.keyboard.type(text)
-    await reader.wait_for_function(
-        "m => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell "
-        ".cm-content').textContent.includes(m)",
-        arg=text.strip(),
-        timeout=30_000,
-    )
 
 
 async def share_from_file_browser(
