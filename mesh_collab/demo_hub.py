@@ -153,6 +153,14 @@ def _write_config(root: Path, config: dict[str, Any]) -> tuple[Path, str]:
     if not crypt_key.exists():
         with open(crypt_key, "w", opener=demo.private) as out:
             out.write(secrets.token_hex(32))
+    # The hub's database (encrypted auth states, hashed tokens): 0600 before the hub opens
+    # it (SQLite keeps a file's mode). Each user's home 0700 before the spawner makes it
+    # (0755 otherwise).
+    os.close(demo.private(str(root / "jupyterhub.sqlite"), os.O_WRONLY | os.O_CREAT))
+    for name in USERS:
+        home = root / "users" / name
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o700)
     return config_file, crypt_key.read_text().strip()
 
 

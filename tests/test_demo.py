@@ -7,6 +7,7 @@ tokens, and co-edits the shared notebook from a real Yjs peer at each site.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -65,6 +66,26 @@ async def test_demo_two_sites_co_edit(tmp_path: Path) -> None:
             for name in ("site-a", "site-b"):
                 assert (root / name / "node" / "node-key.pem").stat().st_mode & 0o077 == 0
             assert (root / "ca" / "ca.key").stat().st_mode & 0o077 == 0
+            # marie logs in at site A through the form: the JupyterLab page she gets holds
+            # no Jupyter token (it stands for the node's own user, einstein), and nothing
+            # of hers is served to a request without her cookie.
+            async with httpx.AsyncClient(timeout=60) as marie:
+                form = await marie.get(f"{site_a['url']}login")
+                xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
+                assert xsrf, form.text
+                logged_in = await marie.post(
+                    f"{site_a['url']}login", follow_redirects=False,
+                    data={"username": "marie", "password": "radioactivity", "_xsrf": xsrf[1]})
+                assert logged_in.status_code == 302
+                lab = await marie.get(f"{site_a['url']}lab")
+                assert lab.status_code == 200
+                config = json.loads(re.search(
+                    r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
+                    lab.text, re.S)[1])
+                assert config["token"] == ""
+                assert site_a["token"] not in lab.text
+                me = (await marie.get(f"{site_a['url']}api/me")).json()["identity"]
+                assert me["username"] == "marie"
         finally:
             process.send_signal(signal.SIGINT)
             with anyio.fail_after(60):

@@ -444,6 +444,19 @@ class CS3IdentityProvider(IdentityProvider):
             setattr(user, name, value)
         return user
 
+    def page_config_hook(self, handler: web.RequestHandler, page_config: dict[str, Any]
+                         ) -> dict[str, Any]:
+        """JupyterLab's page config, without the Jupyter token in multi-user mode.
+
+        JupyterLab writes the server's token into every page it serves, and its frontend
+        sends it with every request. In multi-user mode the token stands for the node's
+        default user: a page served to marie would act as einstein. Her page's requests
+        carry her login cookie instead (and its ``_xsrf``), as with a password login.
+        """
+        if self._state is not None and self.multi_user:
+            page_config["token"] = ""
+        return page_config
+
     # -- /api/me ----------------------------------------------------------------------------
 
     def identity_model(self, user: User) -> dict[str, Any]:

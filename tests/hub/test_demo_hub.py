@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -111,6 +112,20 @@ async def test_two_hub_users_and_a_remote_site_co_edit_in_jupyterlab(tmp_path: P
             directory = json.loads((root / "mesh.json").read_text())
             assert [s["site"] for s in directory] == ["site-a", "site-b"]
             assert sorted(n["id"] for n in directory[0]["nodes"]) == ["einstein", "marie"]
+            # What the hub and the servers keep is theirs only.
+            hub_folder = root / "site-a" / "hub"
+            for path, expected in [
+                (hub_folder, 0o700), (hub_folder / "jupyterhub.sqlite", 0o600),
+                (hub_folder / "jupyterhub_cookie_secret", 0o600),
+                (hub_folder / "crypt-key", 0o600), (hub_folder / "node-keys", 0o700),
+                *[(hub_folder / "node-keys" / f"{n}.pem", 0o600) for n in site_a["users"]],
+                *[(hub_folder / "users" / n, 0o700) for n in site_a["users"]],
+                *[(hub_folder / "users" / n / ".local/share/jupyter/mesh_collab/site-a",
+                   0o700) for n in site_a["users"]],
+                *[(hub_folder / "users" / n / ".local/share/jupyter/mesh_collab/site-a"
+                   / "node-key.pem", 0o600) for n in site_a["users"]],
+            ]:
+                assert stat.S_IMODE(path.stat().st_mode) == expected, path
         finally:
             process.send_signal(signal.SIGTERM)
             with anyio.fail_after(60):

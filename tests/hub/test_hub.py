@@ -252,9 +252,21 @@ async def test_a_user_server_is_a_mesh_node_of_its_user_and_nobody_else(
         assert "from the hub" not in foreign.text
 
 
-async def test_two_hub_users_co_edit_one_notebook_on_their_own_servers(
-    hub: Hub, cs3_client_factory: Any
-) -> None:
+@dataclass
+class CoEditing:
+    """einstein's notebook shared with marie, both logged in at the hub with a server each."""
+
+    servers: dict[str, dict[str, Any]]
+    tokens: dict[str, str]
+    #: Per user, the websocket base and the room of the notebook at their own server.
+    rooms: dict[str, tuple[str, str]]
+
+    def auth(self, name: str) -> dict[str, str]:
+        # (A token in a websocket URL counts only with a browser's Sec-Fetch-Mode header.)
+        return {"Authorization": f"token {self.tokens[name]}"}
+
+
+async def co_editing(hub: Hub, http: httpx.AsyncClient, cs3_client_factory: Any) -> CoEditing:
     cs3 = await cs3_client_factory(hub.gateway)
     einstein: Session = await cs3.login("einstein", PASSWORDS["einstein"])
     marie: Session = await cs3.login("marie", PASSWORDS["marie"])
@@ -263,14 +275,32 @@ async def test_two_hub_users_co_edit_one_notebook_on_their_own_servers(
     assert marie.user is not None
     share = await einstein.shares.create(info.id, marie.user.id, Role.EDITOR)
     await marie.shares.accept(share.id)
+    servers, tokens = {}, {}
+    for name in ("einstein", "marie"):
+        async with httpx.AsyncClient(timeout=30) as browser:  # a browser of each user
+            assert (await hub.login(browser, name, PASSWORDS[name])).status_code == 302
+        servers[name] = await hub.running_server(http, name)
+        tokens[name] = await hub.user_token(http, name)
+    setup = CoEditing(servers, tokens, {})
+    paths = {"einstein": "welcome.ipynb", "marie": "Shared with me/welcome.ipynb"}
+    for name in ("einstein", "marie"):
+        base = f"{hub.url}{servers[name]['url'].lstrip('/')}"
+        opened = await http.put(
+            f"{base}api/collaboration/session/{quote(paths[name])}",
+            headers=setup.auth(name), json={"format": "json", "type": "notebook"},
+        )
+        assert opened.status_code == 201, opened.text
+        setup.rooms[name] = (base.replace("http://", "ws://") + "api/collaboration/room",
+                             f"json:notebook:{opened.json()['fileId']}")
+    assert setup.rooms["einstein"][1] == setup.rooms["marie"][1]  # one room: the resource's
+    return setup
 
+
+async def test_two_hub_users_co_edit_one_notebook_on_their_own_servers(
+    hub: Hub, cs3_client_factory: Any
+) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
-        servers, tokens = {}, {}
-        for name in ("einstein", "marie"):
-            async with httpx.AsyncClient(timeout=30) as browser:  # a browser of each user
-                assert (await hub.login(browser, name, PASSWORDS[name])).status_code == 302
-            servers[name] = await hub.running_server(http, name)
-            tokens[name] = await hub.user_token(http, name)
+        setup = await co_editing(hub, http, cs3_client_factory)
         # Each server is a node of site-a in the directory the hub keeps, under its user's
         # name, with its own key; the hub's own key folder is the hub's alone.
         directory = json.loads((hub.root / "mesh" / "mesh.json").read_text())
@@ -282,28 +312,11 @@ async def test_two_hub_users_co_edit_one_notebook_on_their_own_servers(
         for name in ("einstein", "marie"):
             key_file = hub.root / "mesh" / "node-keys" / f"{name}.pem"
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-            environ = psutil.Process(servers[name]["state"]["pid"]).environ()
+            environ = psutil.Process(setup.servers[name]["state"]["pid"]).environ()
             assert environ["MESH_COLLAB_NODE_ID"] == name
 
-        def auth(name: str) -> dict[str, str]:
-            return {"Authorization": f"token {tokens[name]}"}
-
-        paths = {"einstein": "welcome.ipynb", "marie": "Shared with me/welcome.ipynb"}
-        rooms = {}
-        for name in ("einstein", "marie"):
-            base = f"{hub.url}{servers[name]['url'].lstrip('/')}"
-            opened = await http.put(
-                f"{base}api/collaboration/session/{quote(paths[name])}",
-                headers=auth(name), json={"format": "json", "type": "notebook"},
-            )
-            assert opened.status_code == 201, opened.text
-            rooms[name] = (base.replace("http://", "ws://") + "api/collaboration/room",
-                           f"json:notebook:{opened.json()['fileId']}")
-        assert rooms["einstein"][1] == rooms["marie"][1]  # one room, keyed by the resource
-
-        # (A token in a websocket URL counts only with a browser's Sec-Fetch-Mode header.)
-        async with node_peer(*rooms["einstein"], {}, auth("einstein")) as a, \
-                node_peer(*rooms["marie"], {}, auth("marie")) as b:
+        async with node_peer(*setup.rooms["einstein"], {}, setup.auth("einstein")) as a, \
+                node_peer(*setup.rooms["marie"], {}, setup.auth("marie")) as b:
             await a.send(op="append", cell=0, text=" # einstein")
             await b.until(lambda d: d["cells"][0].count(" # einstein") == 1)
             await b.send(op="append", cell=1, text=" # marie")
@@ -317,6 +330,47 @@ async def test_two_hub_users_co_edit_one_notebook_on_their_own_servers(
             (marie_state,) = [s for s in aware["awareness"]
                               if s.get("user", {}).get("username") == "marie"]
             assert marie_state["user"]["site"] == "site-a"
+
+
+async def test_a_user_server_restart_mid_session_loses_and_duplicates_no_edit(
+    hub: Hub, cs3_client_factory: Any
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        setup = await co_editing(hub, http, cs3_client_factory)
+        typed: list[str] = []
+
+        async def type_at(peer: Any, word: str) -> None:
+            typed.append(word)
+            await peer.send(op="append", cell=1, text=word)
+
+        async with node_peer(*setup.rooms["einstein"], {}, setup.auth("einstein")) as a, \
+                node_peer(*setup.rooms["marie"], {}, setup.auth("marie")) as b:
+            for i in range(5):
+                await type_at(b, f" m{i}")
+                await type_at(a, f" e{i}")
+            await a.until(lambda d: " m4" in d["cells"][1])
+            # marie's server goes away mid-session (the hub stops it), and comes back.
+            stop = await http.delete(f"{hub.url}hub/api/users/marie/server",
+                                     headers=hub.admin())
+            assert stop.status_code in (202, 204), stop.text
+
+            async def stopped() -> bool:
+                return not (await hub.user(http, "marie"))["servers"]
+
+            await eventually(stopped, every=0.2, within=60)
+            # Both keep typing: einstein live, marie's browser offline (held, merged later).
+            for i in range(5, 10):
+                await type_at(a, f" e{i}")
+                await type_at(b, f" m{i}")
+            await hub.running_server(http, "marie")
+            # marie's browser reconnects to her new server by itself, which links again.
+            await a.until(lambda d: " m9" in d["cells"][1])
+            await b.until(lambda d: " e9" in d["cells"][1])
+            await type_at(b, " after")
+            final = await a.until(lambda d: " after" in d["cells"][1])
+        for word in typed:
+            assert final["cells"][1].count(word + " ") + final["cells"][1].endswith(word) == 1, (
+                word, final["cells"][1])
 
 
 class _HubUser:

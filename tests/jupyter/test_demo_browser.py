@@ -264,24 +264,30 @@ async def test_the_printed_links_work_in_a_browser(tmp_path: Path) -> None:
             text = await content_of(second, f"{NOTEBOOK_CELL} .cm-content")
             assert text.count("# einstein at A") == 1 and text.count("# marie at B") == 1
 
-            # Log out, and log in as another user through the form. First close the first
-            # tab: it came with the token link, and its JupyterLab sends the token with
-            # every request, which sets the login cookie again for the whole browser.
-            await a.close()
-            await second.goto(f"{base}logout")
-            # The API with the browser's cookies (a goto here may race the page's own
-            # navigation and answer None).
-            me = await second.request.get(f"{base}api/me")
+            # Log in through the form, log out, and log in as another user, in a browser
+            # that never had the token link (JupyterLab opened from it keeps sending the
+            # token, which logs that browser in again as the link's user).
+            ctx_c = await browser.new_context(viewport=size)
+            c = await ctx_c.new_page()
+
+            async def form_login(user: str, password: str) -> None:
+                await c.goto(f"{base}login")
+                await c.fill("input[name=username]", user)
+                await c.fill("input[name=password]", password)
+                # The form posts, and the server redirects away from the login page: wait
+                # for that navigation to end before the next one (else it may be cut short).
+                await c.click("button[type=submit]")
+                await c.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
+                await c.wait_for_load_state()
+                # The API with the browser's cookies (a goto here may race the page's own
+                # navigation and answer None).
+                me = await c.request.get(f"{base}api/me")
+                assert me.ok and (await me.json())["identity"]["username"] == user
+
+            await form_login("einstein", "relativity")
+            await c.goto(f"{base}logout")
+            me = await c.request.get(f"{base}api/me")
             assert me.status in (401, 403)
-            await second.goto(f"{base}login")
-            await second.fill("input[name=username]", "marie")
-            await second.fill("input[name=password]", "radioactivity")
-            # The form posts, and the server redirects away from the login page: wait for
-            # that navigation to end before the next one (else the next one may be cut short).
-            await second.click("button[type=submit]")
-            await second.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
-            await second.wait_for_load_state()
-            me = await second.request.get(f"{base}api/me")
-            assert me.ok and (await me.json())["identity"]["username"] == "marie"
+            await form_login("marie", "radioactivity")
         finally:
             await browser.close()
