@@ -236,6 +236,25 @@ async def test_a_login_keeps_no_password_and_renews_through_bearer(
     assert "type=basic" not in caplog.text
 
 
+async def test_a_token_handed_over_is_renewed_like_a_login(
+    gw: EmbeddedGateway, cs3_client_factory: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A JupyterHub user's server gets a token, not a password, and outlives its first hour.
+    clock = FakeClock()
+    cs3 = await cs3_client_factory(gw.grpc_address, clock=clock)
+    handed_over = await (await cs3.login("marie", "radioactivity")).tokens.token()
+    marie = cs3.resume(handed_over)
+    assert (await marie.whoami()).username == "marie"
+    assert await marie.tokens.token() == handed_over  # no call until the renewal is due
+    caplog.set_level(logging.INFO, logger="mesh_collab.cs3.gateway")
+    caplog.clear()
+    clock.offset = claims_of(handed_over)["exp"] - time.time() - 30  # inside the margin
+    await marie.files.stat("/home/marie")
+    # (The gateway's clock is the real one: the new token may equal the old to the second.)
+    assert "op=Authenticate user=marie type=bearer" in caplog.text
+    assert "type=basic" not in caplog.text
+
+
 async def test_a_session_ends_when_its_login_reaches_the_maximum_age(
     gw: EmbeddedGateway, cs3_client_factory: Any,
 ) -> None:
