@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,6 @@ class HubNodes:
         self.directory = directory
         self.keys_dir = keys_dir
         self.sites_file = sites_file
-        self._lock = threading.Lock()
 
     def environment(self, username: str, cs3_user_id: str) -> dict[str, str]:
         """Register ``username``'s server and return what its environment needs.
@@ -65,8 +63,9 @@ class HubNodes:
         self.keys_dir.chmod(0o700)
         key_file = self.keys_dir / f"{username}.pem"
         key = keys.load_or_create(key_file)
-        with self._lock:
-            self._write(username, keys.public_text(key), cs3_user_id.rpartition("/")[2])
+        # Called on the hub's event loop and never awaiting: two spawns never interleave
+        # their read and write of the directory.
+        self._write(username, keys.public_text(key), cs3_user_id.rpartition("/")[2])
         return {
             NODE_KEY_ENV: keys.pem(key).decode(),
             NODE_ID_ENV: username,

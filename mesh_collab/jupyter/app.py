@@ -802,12 +802,13 @@ class MeshCollabApp(ExtensionApp):
                 type(contents).__name__,
             )
         identity = self.serverapp.identity_provider
-        if isinstance(identity, CS3IdentityProvider) or _is_hub_identity(type(identity)):
-            identity.attach(self.state)
         if isinstance(identity, CS3IdentityProvider):
+            identity.attach(self.state)
             # JupyterLab asks it for every page (jupyterlab_server's handlers).
             self.serverapp.web_app.settings.setdefault("page_config_hook",
                                                        identity.page_config_hook)
+        elif _is_hub_identity(type(identity)):
+            identity.attach(self.state)  # JupyterHub's own page_config_hook stays
         else:
             self.log.warning(
                 "mesh_collab: the identity provider is %s: users are not CS3 users",

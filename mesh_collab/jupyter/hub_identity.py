@@ -17,14 +17,13 @@ configured (see ``_link_jupyter_server_extension``).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.identity import User
 from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
 from tornado import web
 
-from mesh_collab.jupyter.identity import MeshUser, current_session
+from mesh_collab.jupyter.identity import MeshUser, current_session, identity_model
 
 if TYPE_CHECKING:
     from mesh_collab.jupyter.app import MeshState
@@ -58,6 +57,4 @@ class HubIdentityProvider(JupyterHubIdentityProvider):
         return user
 
     def identity_model(self, user: User) -> dict[str, Any]:
-        model = dataclasses.asdict(user)
-        model.pop("session_key", None)
-        return model
+        return identity_model(user)

@@ -460,9 +460,7 @@ class CS3IdentityProvider(IdentityProvider):
     # -- /api/me ----------------------------------------------------------------------------
 
     def identity_model(self, user: User) -> dict[str, Any]:
-        model = dataclasses.asdict(user)
-        model.pop("session_key", None)
-        return model
+        return identity_model(user)
 
     def update_user_model(self, current_user: User, user_data: dict[str, str]) -> User:  # type: ignore[override]
         """Apply ``PATCH /api/me`` fields (``updatable_fields``) for this node's lifetime.
@@ -511,6 +509,14 @@ class CS3IdentityProvider(IdentityProvider):
         if isinstance(user, MeshUser) and user.session_key and self._state is not None:
             self._state.sessions.remove_key(user.session_key)
             self.log.info("op=logout user=%s site=%s", user.username, self._state.site)
+
+
+def identity_model(user: User) -> dict[str, Any]:
+    """What ``/api/me`` says of ``user``: every field of a :class:`MeshUser` but its login's
+    session key."""
+    model = dataclasses.asdict(user)
+    model.pop("session_key", None)
+    return model
 
 
 async def _usable(session: Session) -> bool:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import stat
 import sys
@@ -427,4 +426,3 @@ async def test_the_hub_renews_a_token_before_it_expires_and_ends_a_login_past_it
 def test_the_authenticator_refuses_to_run_without_auth_state() -> None:
     with pytest.raises(ValueError, match="enable_auth_state"):
         CS3Authenticator(enable_auth_state=False, gateway="127.0.0.1:1")
-    assert shutil.which("jupyterhub-singleuser", path=str(SINGLEUSER.parent))
